@@ -1,0 +1,1 @@
+"""HART: hybrid autoregressive transformer (tokenizer, next-scale transformer, residual diffusion head)."""

@@ -1,0 +1,149 @@
+"""Reading and writing weights: released HART folders and this project's `save_pretrained` folders.
+
+Loading never executes pickled code: safetensors first, `.bin` files only through
+`torch.load(weights_only=True)`. Saving is atomic (write a temporary folder, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded; the message says what is wrong."""
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {CONFIG_NAME} (is this a model folder?)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refusing to load: the file holds pickled objects other than tensors, and "
+            "loading it would execute code. Convert it to safetensors in a trusted environment."
+        ) from e
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors")
+    return obj
+
+
+def read_weights(folder: str | os.PathLike, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
+    """State dict of a model folder: `ema_model.bin` (if preferred and present), else `*.safetensors`
+    (sharded or not), else `*.bin`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a directory")
+    ema = folder / "ema_model.bin"
+    if prefer_ema and ema.is_file():
+        return _load_bin(ema)
+    shards = sorted(folder.glob("*.safetensors"))
+    if shards:
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(shard))
+        return state
+    bins = sorted(p for p in folder.glob("*.bin") if p.name != "ema_model.bin") or ([ema] if ema.is_file() else [])
+    if bins:
+        state = {}
+        for b in bins:
+            state.update(_load_bin(b))
+        return state
+    raise CheckpointError(f"{folder}: no weights found (*.safetensors, *.bin or ema_model.bin)")
+
+
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """load_state_dict(strict=True) with one readable error listing missing, unexpected and
+    mis-shaped keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if own[k].shape != state[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        def show(keys):
+            return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches: {show(mismatched)}")
+        raise CheckpointError(f"{source} does not fit {type(module).__name__}: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+def save_folder(folder: str | os.PathLike, config: dict, state: dict[str, torch.Tensor]) -> None:
+    """Write config.json + model.safetensors atomically: a crash leaves the old folder intact."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+# -- official key layouts ----------------------------------------------------------------------
+
+
+def official_tokenizer_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`HARTAutoEncoderWithDisc` keys -> ours: drop the `vae.` prefix and the GAN discriminator."""
+    if any(k.startswith("vae.") for k in state):
+        return {k[4:]: v for k, v in state.items() if k.startswith("vae.")}
+    return {k: v for k, v in state.items() if not k.startswith("disc.")}
+
+
+_TRANSFORMER_DROPPED = ("attn_bias_for_masking", "lvl_1L")
+
+
+def official_transformer_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`HARTForT2I` keys -> ours: drop structural buffers (mask, level ids, the constant zero K
+    bias) and rename the diffusion head."""
+    out = {}
+    for k, v in state.items():
+        if k in _TRANSFORMER_DROPPED or k.endswith(".zero_k_bias"):
+            continue
+        if k.startswith("diffloss."):
+            k = "diffusion_head." + k[len("diffloss."):]
+        out[k] = v
+    return out

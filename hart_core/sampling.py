@@ -1,0 +1,70 @@
+"""Token sampling for next-scale generation: top-k / top-p, Gumbel smoothing, HART's CFG schedule.
+
+Every random draw goes through an explicit torch.Generator; nothing touches the global RNG.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def official_top_k(scale: int) -> int:
+    """The released sampler ignores its top_k argument: 600 for the first 7 scales, then 300."""
+    return 600 if scale < 7 else 300
+
+
+def cfg_weight(cfg: float, scale: int, num_scales: int) -> float:
+    """Guidance weight t of HART's schedule, logits = (1 + t) * cond - t * uncond.
+
+    t grows linearly from 0 at scale 0; the last scale reuses the weight of the one before it (the
+    reference never recomputes the ratio there).
+    """
+    si = min(scale, num_scales - 2)
+    return cfg * si / (num_scales - 1)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Set logits outside the top-k set / top-p nucleus to -inf (returns a new tensor)."""
+    logits = logits.clone()
+    V = logits.shape[-1]
+    if top_k > 0 and top_k < V:
+        kth = logits.topk(top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        logits.masked_fill_(logits < kth, -torch.inf)
+    if top_p > 0:
+        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=False)
+        drop = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        drop[..., -1:] = False  # always keep the most likely token
+        logits.masked_fill_(drop.scatter(-1, sorted_idx, drop), -torch.inf)
+    return logits
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one code per position from [B, l, V] logits. Returns (indices [B, l], filtered logits).
+
+    top_k == 1 is greedy (argmax, no random draw).
+    """
+    B, n, V = logits.shape
+    if top_k == 1:
+        return logits.argmax(dim=-1), logits
+    filtered = filter_logits(logits, top_k, top_p)
+    probs = filtered.float().softmax(dim=-1).view(-1, V)
+    idx = torch.multinomial(probs, 1, generator=generator).view(B, n)
+    return idx, filtered
+
+
+def gumbel_softmax(
+    logits: torch.Tensor, tau: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Soft Gumbel-softmax with a seeded generator (the "more smooth" path of HART)."""
+    u = torch.empty_like(logits, dtype=torch.float32).exponential_(generator=generator)
+    return ((logits.float() - u.log()) / tau).softmax(dim=-1)
+
+
+def smooth_tau(ratio: float) -> float:
+    """Gumbel temperature of the "more smooth" path, from MaskGIT: anneals with the scale ratio."""
+    return max(0.27 * (1 - ratio * 0.95), 0.005)

@@ -1,0 +1,1 @@
+"""modalities package (see DESIGN.md)."""

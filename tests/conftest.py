@@ -1,0 +1,30 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PARITY_ROOT = Path(os.environ.get("HART_PARITY_DIR", REPO.parent / "shared" / "parity"))
+FIXTURES = ("hart_tiny_a", "hart_tiny_c_sharedaln")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
+
+
+def parity_dir(name: str) -> Path:
+    """A reference fixture folder; CI sets HART_REQUIRE_PARITY=1 so a missing one fails."""
+    path = PARITY_ROOT / name
+    if not path.is_dir():
+        if os.environ.get("HART_REQUIRE_PARITY") == "1":
+            raise FileNotFoundError(f"parity fixture {path} is missing")
+        pytest.skip(f"parity fixture {path} not present")
+    return path
+
+
+@pytest.fixture(params=FIXTURES)
+def fixture_dir(request) -> Path:
+    return parity_dir(request.param)

@@ -1,0 +1,1 @@
+"""unified package (see DESIGN.md)."""
