@@ -142,6 +142,7 @@ def cosine_betas(num_timesteps: int, max_beta: float = 0.999) -> Tensor:
     return torch.tensor(
         [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)],
         dtype=torch.float64,
+        device="cpu",  # plain attributes, not buffers: keep them off a `torch.device("meta")` context
     )
 
 
@@ -207,7 +208,7 @@ class GaussianDiffusion:
         kept_abar = base_abar[keep]
         prev = torch.cat([kept_abar.new_ones(1), kept_abar[:-1]])
 
-        self.timestep_map = torch.tensor(keep, dtype=torch.long)
+        self.timestep_map = torch.tensor(keep, dtype=torch.long, device="cpu")
         self.num_timesteps = len(keep)
         self.betas = betas = 1 - kept_abar / prev
         abar = torch.cumprod(1.0 - betas, 0)

@@ -69,7 +69,8 @@ def generate_latent(
     mask = context_mask.bool()
     if context_positions is None:
         context_positions = mask.long().cumsum(1) - 1
-    cond = transformer.condition(*unconditional_context(context, mask, context_positions))
+    dtype = transformer.word_embed.weight.dtype
+    cond = transformer.condition(*unconditional_context(context.to(dtype), mask, context_positions))
     codebook = tokenizer.quantize.embedding.weight
     pn_last = c.patch_nums[-1]
     f_hat = context.new_zeros(B, c.latent_dim, pn_last, pn_last, dtype=torch.float32)

@@ -146,8 +146,6 @@ class HARTTransformer(nn.Module):
             target_channels=c.latent_dim, z_channels=C, width=c.diff_width, depth=c.diff_depth,
             num_sampling_steps=c.num_sampling_steps,
         )
-        levels = [0] * c.context_token + [k for k, p in enumerate(c.patch_nums) if k > 0 for _ in range(p * p)]
-        self.register_buffer("levels", torch.tensor(levels), persistent=False)
 
     @property
     def head_dim(self) -> int:
@@ -191,9 +189,15 @@ class HARTTransformer(nn.Module):
 
     # -- teacher-forced forward (training, parity) ---------------------------------------------
 
+    def levels(self, device=None) -> torch.Tensor:
+        """Scale index of every position of the teacher-forced sequence (0 for the context)."""
+        c = self.config
+        sizes = torch.tensor([c.context_token] + [p * p for p in c.patch_nums[1:]], device=device)
+        return torch.repeat_interleave(torch.arange(len(c.patch_nums), device=device), sizes)
+
     def block_causal_mask(self, device=None) -> torch.Tensor:
         """Bool [T+L-1, T+L-1]: True where a query may attend (key level <= query level)."""
-        lv = self.levels.to(device)
+        lv = self.levels(device)
         return lv[:, None] >= lv[None, :]
 
     def forward(
@@ -214,7 +218,7 @@ class HARTTransformer(nn.Module):
             raise ValueError(f"next_scale_inputs must be [B, {expected[0]}, {expected[1]}], "
                              f"got {tuple(next_scale_inputs.shape)}")
         x = torch.cat((cond.tokens, self.word_embed(next_scale_inputs.to(cond.tokens.dtype))), dim=1)
-        x = x + self.lvl_embed(self.levels)
+        x = x + self.lvl_embed(self.levels(x.device))
         cos_c, sin_c = self.context_rope(cond)
         ropes = [self.image_rope(cond, k) for k in range(1, len(c.patch_nums))]
         cos = torch.cat([cos_c] + [r[0] for r in ropes], dim=1)
