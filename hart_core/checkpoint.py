@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 WEIGHTS_NAME = "model.safetensors"
@@ -39,10 +40,14 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
         raise CheckpointError(
             f"{path}: refusing to load: the file holds pickled objects other than tensors, and "
             "loading it would execute code. Convert it to safetensors in a trusted environment."
         ) from e
+    except (RuntimeError, OSError, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -63,7 +68,10 @@ def read_weights(folder: str | os.PathLike, prefer_ema: bool = True) -> dict[str
     if shards:
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(load_file(shard))
+            try:
+                state.update(load_file(shard))
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{shard}: not a readable safetensors file ({e})") from e
         return state
     bins = sorted(p for p in folder.glob("*.bin") if p.name != "ema_model.bin") or ([ema] if ema.is_file() else [])
     if bins:

@@ -154,6 +154,8 @@ def space_timesteps(num_timesteps: int, section_counts: str) -> list[int]:
     steps, start = [], 0
     for i, count in enumerate(counts):
         size = size_per + (1 if i < extra else 0)
+        if count < 1:
+            raise ValueError(f"each section needs at least 1 sampling step, got {count}")
         if size < count:
             raise ValueError(f"cannot divide a section of {size} steps into {count}")
         stride = 1 if count <= 1 else (size - 1) / (count - 1)

@@ -69,6 +69,8 @@ class HARTPipeline:
         self.tokenizer.to(device)
         self.transformer.to(device=device, dtype=dtype)
         self.transformer.diffusion_head.float()
+        if self.text_encoder is not None:
+            self.text_encoder.model.to(device=device, dtype=dtype)
         return self
 
     @property
@@ -101,6 +103,8 @@ class HARTPipeline:
         same images for the same batch composition."""
         if isinstance(prompts, str):
             prompts = [prompts]
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         generator = torch.Generator(self.device)
         if seed is not None:
             generator.manual_seed(seed)

@@ -54,12 +54,12 @@ def cmd_t2i(args: argparse.Namespace) -> int:
     else:
         if not args.hart or not args.text_encoder:
             raise ValueError("--hart DIR and --text-encoder DIR are required (or --debug-model)")
-        encoder = TextEncoder.from_pretrained(
-            args.text_encoder, max_length=args.max_length,
+        pipe = HARTPipeline.from_pretrained(args.hart)
+        pipe.text_encoder = TextEncoder.from_pretrained(
+            args.text_encoder, max_length=args.max_length or pipe.transformer.config.context_token,
             system_prompt=None if args.no_system_prompt else HART_SYSTEM_PROMPT,
             device=device, dtype=_dtype(args.dtype),
         )
-        pipe = HARTPipeline.from_pretrained(args.hart, encoder)
     pipe.to(device, _dtype(args.dtype))
     if args.steps is not None:
         pipe.transformer.diffusion_head.set_sampling_steps(args.steps)
@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--hart", help="released HART folder (llm/ + tokenizer/) or a converted one")
     src.add_argument("--text-encoder", help="local Hugging Face LM folder (HART uses Qwen2-1.5B)")
     src.add_argument("--debug-model", action="store_true", help="tiny random model, to try the pipeline")
-    src.add_argument("--max-length", type=int, default=300, help="text context slots (default 300)")
+    src.add_argument("--max-length", type=int, default=None,
+                     help="text context slots (default: the model's context_token, 300 for HART)")
     src.add_argument("--no-system-prompt", action="store_true", help="encode prompts without HART's system prompt")
     t2i.add_argument("--prompt", action="append", help="a prompt; repeat for several images")
     t2i.add_argument("--prompts-file", help="text file with one prompt per line")
