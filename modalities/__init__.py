@@ -1,1 +1,31 @@
-"""modalities package (see DESIGN.md)."""
+"""One codec per modality behind one interface (`ModalityCodec`: raw <-> `HybridTokens`), plus the
+text tokenizer. See DESIGN.md; imports only `hart_core`."""
+
+from hart_core.quantizer import Grid, HybridTokens
+
+from .base import CODEC_REGISTRY, ModalityCodec, load_codec, register_codec
+from .image import ImageBatch, ImageCodec, debug_image_codec
+from .text import (
+    DEFAULT_SPECIALS,
+    VIDEO_SPECIALS,
+    HFTextTokenizer,
+    SentencePieceTextTokenizer,
+    TextTokenizer,
+)
+
+__all__ = [
+    "CODEC_REGISTRY",
+    "DEFAULT_SPECIALS",
+    "Grid",
+    "HFTextTokenizer",
+    "HybridTokens",
+    "ImageBatch",
+    "ImageCodec",
+    "ModalityCodec",
+    "SentencePieceTextTokenizer",
+    "TextTokenizer",
+    "VIDEO_SPECIALS",
+    "debug_image_codec",
+    "load_codec",
+    "register_codec",
+]
