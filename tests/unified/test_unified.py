@@ -1,0 +1,233 @@
+"""The unified model: one backbone, text-to-image and captioning, on tiny configs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from modalities import TextTokenizer, debug_image_codec
+from unified import Example, HeadConfig, UnifiedModel
+from unified.model import split_tokens
+from unified.sequence import Item, Text
+
+SHAPES = {
+    "a red circle": ((220, 40, 40), "circle"),
+    "a blue square": ((40, 60, 220), "square"),
+    "a green triangle": ((40, 200, 60), "triangle"),
+    "a yellow bar": ((230, 210, 40), "bar"),
+}
+
+
+def draw(colour, shape, size=16) -> Image.Image:
+    img = Image.new("RGB", (size, size), (245, 245, 245))
+    d = ImageDraw.Draw(img)
+    if shape == "circle":
+        d.ellipse((3, 3, 12, 12), fill=colour)
+    elif shape == "square":
+        d.rectangle((3, 3, 12, 12), fill=colour)
+    elif shape == "triangle":
+        d.polygon([(8, 2), (14, 13), (2, 13)], fill=colour)
+    else:
+        d.rectangle((2, 6, 13, 9), fill=colour)
+    return img
+
+
+def backbone_config(kind: str, vocab: int) -> dict:
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return {"model_type": kind, **common}
+
+
+def tiny_model(kind: str = "qwen2", seed: int = 0) -> UnifiedModel:
+    text = TextTokenizer.train(list(SHAPES) * 4 + ["what shape is it", "what colour is it"], vocab_size=320)
+    torch.manual_seed(seed)
+    return UnifiedModel.build(text, {"image": debug_image_codec(seed)}, backbone_config(kind, text.vocab_size),
+                              heads=[HeadConfig(diff_width=64, diff_depth=2)], max_length=256)
+
+
+@pytest.fixture(params=["qwen2", "llama"])
+def model(request):
+    return tiny_model(request.param).eval()
+
+
+def images_and_tokens(model):
+    images = [draw(*spec) for spec in SHAPES.values()]
+    return images, model.codecs["image"].encode(images)
+
+
+def separate_shapes_in_codebook(model, images):
+    """A random tokenizer maps all four shapes to the same coarse codes; make code i the mean latent
+    of image i (a crude stand-in for a trained codebook) so that even scale 0 tells them apart."""
+    codec = model.codecs["image"]
+    with torch.no_grad():
+        latents = codec.tokenizer.encode_latent(codec.preprocess(images))
+        codec.codebook[: len(images)] = latents.mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_text_path_of_the_backbone_is_the_plain_llm(kind):
+    """Multi-axis RoPE with text at (p, p, p) equals the LM's own 1-D RoPE: a pretrained LLM reads text
+    exactly as before."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = tiny_model(kind).eval()
+    cfg = dict(model.config.backbone)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).eval()
+    plain.load_state_dict(model.backbone.lm.state_dict())
+    ids = torch.tensor([model.text.encode("a red circle and a blue square")])
+    rows = [[Text(ids[0].tolist())]]
+    batch = model.builder.build(rows)
+    with torch.no_grad():
+        ours = model.backbone(model.embed(batch), batch.positions, batch.attention_mask())
+        ref = plain.get_decoder()(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+
+
+def test_block_causal_mask(model):
+    """Perturbing scale k's inputs changes no logit of an earlier scale and changes later ones."""
+    _, tokens = images_and_tokens(model)
+    rows = [model.row("t2i", t, "a red circle") for t in split_tokens(tokens)[:2]]
+    batch = model.builder.build(rows)
+    head, n = model.heads["image"], model.codecs["image"].tokens_per_scale
+    with torch.no_grad():
+        x = model.embed(batch)
+        base = model.backbone(x, batch.positions, batch.attention_mask())
+        item = batch.items[0]
+        starts = np.cumsum([0, *n])
+        for k in range(1, len(n)):
+            x2 = x.clone()
+            x2[item.row, item.start + starts[k] : item.start + starts[k + 1]] += 0.5
+            h = model.backbone(x2, batch.positions, batch.attention_mask())
+            lo, hi = item.start, item.start + starts[k]
+            torch.testing.assert_close(head.logits(h[item.row, lo:hi]), head.logits(base[item.row, lo:hi]),
+                                       rtol=0, atol=1e-6)
+            later = slice(item.start + starts[k], item.start + starts[-1])
+            assert (head.logits(h[item.row, later]) - head.logits(base[item.row, later])).abs().max() > 1e-4
+            torch.testing.assert_close(h[1 - item.row], base[1 - item.row], rtol=0, atol=0)  # other row untouched
+
+
+@pytest.mark.parametrize("use_residual", [False, True])
+def test_kv_cached_image_generation_equals_uncached(model, use_residual):
+    prompts = ["a red circle", "a green triangle"]
+    kw = dict(cfg=2.0, top_k=20, seed=3, use_residual=use_residual, return_tokens=True)
+    img_c, tok_c = model.generate_image(prompts, use_cache=True, **kw)
+    img_u, tok_u = model.generate_image(prompts, use_cache=False, **kw)
+    for a, b in zip(tok_c, tok_u, strict=True):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(img_c, img_u, rtol=0, atol=1e-4)
+
+
+def test_kv_cached_text_generation_equals_uncached(model):
+    images, _ = images_and_tokens(model)
+    kw = dict(max_new_tokens=6, temperature=1.0, top_k=50, seed=5)
+    assert model.caption(images, use_cache=True, **kw) == model.caption(images, use_cache=False, **kw)
+    q = ["what shape is it", "what colour is it", "what shape is it", "what colour is it"]
+    assert model.answer(images, q, use_cache=True, **kw) == model.answer(images, q, use_cache=False, **kw)
+
+
+def test_generation_is_seeded(model):
+    a = model.generate_image(["a blue square"], cfg=1.0, top_k=30, seed=0)
+    assert torch.equal(a, model.generate_image(["a blue square"], cfg=1.0, top_k=30, seed=0))
+    assert not torch.equal(a, model.generate_image(["a blue square"], cfg=1.0, top_k=30, seed=1))
+    previews = []
+    b = model.generate_image(["a blue square"], cfg=1.0, top_k=30, seed=0,
+                             callback=lambda k, n, img: previews.append((k, n, img)))
+    assert [p[0] for p in previews] == list(range(4)) and previews[-1][1] == 4
+    torch.testing.assert_close(previews[-1][2], b)
+
+
+def test_learns_both_directions_and_round_trips(tmp_path):
+    """A few hundred steps on four shape/caption pairs: the model captions the images, answers a
+    question about them, and writes images whose codes at every scale are the training images' codes
+    for their captions, from one checkpoint that survives save -> load unchanged."""
+    model = tiny_model("qwen2")
+    images, _ = images_and_tokens(model)
+    separate_shapes_in_codebook(model, images)
+    images, tokens = images_and_tokens(model)
+    assert len({t[0] for t in tokens.indices[0].tolist()}) == 4
+    rows = split_tokens(tokens)
+    captions = list(SHAPES)
+    examples = [Example("t2i", r, c) for r, c in zip(rows, captions, strict=True)]
+    examples += [Example("caption", r, c) for r, c in zip(rows, captions, strict=True)]
+    examples += [Example("qa", r, SHAPES[c][1], "what shape is it") for r, c in zip(rows, captions, strict=True)]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    steps = 400
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = 5e-3 * (1 - step / steps)
+        out = model(model.training_batch(examples, g), g)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    model.eval()
+    assert out["text_acc"] == 1.0 and out["image_acc_scale0"] == 1.0
+
+    model.save_pretrained(tmp_path / "model")
+    loaded = UnifiedModel.from_pretrained(tmp_path / "model")
+    for m in (model, loaded):
+        assert m.caption(images, max_new_tokens=8) == captions
+        assert m.answer(images, ["what shape is it"] * 4) == [s for _, s in SHAPES.values()]
+        _, gen_tokens = m.generate_image(captions, cfg=0.0, top_k=1, seed=0, return_tokens=True)
+        for k in range(len(gen_tokens)):  # every scale, not only the coarse ones
+            assert torch.equal(gen_tokens[k], tokens.indices[k]), f"scale {k}"
+    # identical generations after the round trip
+    a = model.generate_image(captions[:2], cfg=2.0, top_k=10, seed=7)
+    b = loaded.generate_image(captions[:2], cfg=2.0, top_k=10, seed=7)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_save_load_round_trip_untrained(tmp_path, model):
+    model.save_pretrained(tmp_path / "m")
+    loaded = UnifiedModel.from_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "hart_unified"
+    assert loaded.caption([draw(*SHAPES["a red circle"])], max_new_tokens=4) == \
+        model.caption([draw(*SHAPES["a red circle"])], max_new_tokens=4)
+
+
+def test_bad_inputs(tmp_path, model):
+    with pytest.raises(ValueError, match="mode 'L'"):
+        model.caption([draw(*SHAPES["a red circle"]).convert("L")])
+    with pytest.raises(ValueError, match="expects 16x16"):
+        model.caption([draw(*SHAPES["a red circle"], size=20)])
+    with pytest.raises(ValueError, match="empty prompt"):
+        model.generate_image([" "])
+    with pytest.raises(ValueError, match="max_length"):
+        model.generate_image(["a red circle " * 100])
+    with pytest.raises(ValueError, match="2 images but 1 questions"):
+        model.answer([draw(*SHAPES["a red circle"])] * 2, ["what shape is it"])
+    with pytest.raises(ValueError, match="unknown task"):
+        model.row("video", None)
+    model.save_pretrained(tmp_path / "m")
+    import shutil
+
+    shutil.rmtree(tmp_path / "m" / "text_tokenizer")
+    with pytest.raises(ValueError, match="missing text_tokenizer/"):
+        UnifiedModel.from_pretrained(tmp_path / "m")
+    with pytest.raises(FileNotFoundError):
+        UnifiedModel.from_pretrained(tmp_path / "nope")
+
+
+def test_sequence_layout_positions_and_blocks(model):
+    """Image cells sit on the final grid after the text; text after an item continues past it."""
+    _, tokens = images_and_tokens(model)
+    row = model.row("caption", split_tokens(tokens)[0], "a red circle")
+    batch = model.builder.build([row])
+    item = batch.items[0]
+    pos, block = batch.positions[0], batch.block[0]
+    p0 = 2  # <bos> <boi>
+    grids = model.codecs["image"].grids
+    assert item.start == 2 and item.group_sizes == (1, 4, 9, 16, 16)
+    assert torch.equal(pos[item.start], torch.tensor([p0, p0, p0], dtype=torch.float))  # scale 0: one cell
+    # scale 1 (2x2) is stretched to the 4x4 grid: rows/cols 0 and 2
+    s1 = pos[item.start + 1 : item.start + 5]
+    assert s1[:, 1].tolist() == [p0, p0, p0 + 2, p0 + 2] and s1[:, 2].tolist() == [p0, p0 + 2, p0, p0 + 2]
+    after = item.start + item.length
+    assert pos[after].tolist() == [p0 + grids[-1][0]] * 3  # <eoi>
+    # one block per scale group, causal text around it
+    assert len(set(block[item.start + 1 : item.start + 5].tolist())) == 1
+    assert block[after] == block[after - 1] + 1
+    assert isinstance(row[1], Item) and row[1].full

@@ -1,0 +1,83 @@
+"""Per-modality heads: how a modality's hybrid tokens enter the backbone and how they leave it.
+
+In: scale 0 reads a learned start embedding; scale k > 0 reads `word_embed` of the downsampled
+latent after scales < k (VAR/HART); the optional last group reads the complete latent. Each input
+gets a scale embedding and the modality's own embedding.
+Out: codebook logits per scale, and at the last scale the residual diffusion head conditioned on
+z = norm(h + word_embed(e(code))), as in HART.
+
+A new modality registers a head class here (or reuses `ModalityHead`) and a codec in `modalities/`;
+the backbone and the generation loop stay as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from hart_core.diffusion import ResidualDiffusionHead
+from hart_core.layers import RMSNorm
+
+HEADS: dict[str, type] = {}
+
+
+def register_head(name: str):
+    def deco(cls):
+        HEADS[name] = cls
+        return cls
+
+    return deco
+
+
+@dataclass
+class HeadConfig:
+    modality: str = "image"
+    head_type: str = "hybrid"
+    diff_width: int = 256
+    diff_depth: int = 3
+    num_sampling_steps: str = "8"
+    diffusion_batch_mul: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@register_head("hybrid")
+class ModalityHead(nn.Module):
+    def __init__(self, config: HeadConfig, hidden: int, latent_dim: int, codebook_size: int, num_scales: int,
+                 norm_eps: float = 1e-6):
+        super().__init__()
+        self.config = config
+        self.num_scales = num_scales
+        self.start = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.word_embed = nn.Linear(latent_dim, hidden)
+        self.scale_embed = nn.Embedding(num_scales + 1, hidden)  # + the complete-latent group
+        nn.init.normal_(self.scale_embed.weight, std=0.02)
+        self.modality_embed = nn.Parameter(torch.zeros(hidden))
+        self.head = nn.Linear(hidden, codebook_size)
+        self.cond_norm = RMSNorm(hidden, norm_eps)
+        self.diffusion = ResidualDiffusionHead(
+            target_channels=latent_dim, z_channels=hidden, width=config.diff_width, depth=config.diff_depth,
+            num_sampling_steps=config.num_sampling_steps,
+        )
+
+    def embed(self, group: int, latent_tokens: torch.Tensor | None, batch: int, n: int) -> torch.Tensor:
+        """Inputs of one group: [B, n, hidden]. latent_tokens [B, n, latent_dim] (None for scale 0)."""
+        extra = self.scale_embed.weight[group] + self.modality_embed
+        if latent_tokens is None:
+            return (self.start + extra).expand(batch, n, -1)
+        return self.word_embed(latent_tokens.to(self.word_embed.weight.dtype)) + extra
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden).float()
+
+    def diffusion_condition(self, hidden: torch.Tensor, code_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.cond_norm(hidden + self.word_embed(code_embeddings.to(hidden.dtype)))
+
+
+def build_head(config: HeadConfig, **kwargs) -> nn.Module:
+    if config.head_type not in HEADS:
+        raise ValueError(f"unknown head type {config.head_type!r} (registered: {sorted(HEADS)})")
+    return HEADS[config.head_type](config, **kwargs)
