@@ -231,3 +231,32 @@ def test_sequence_layout_positions_and_blocks(model):
     assert len(set(block[item.start + 1 : item.start + 5].tolist())) == 1
     assert block[after] == block[after - 1] + 1
     assert isinstance(row[1], Item) and row[1].full
+
+
+def test_build_from_a_local_pretrained_llm_and_hf_tokenizer(tmp_path):
+    """A local LLM folder + its HF tokenizer: specials are appended, the embedding table grows, and
+    the pretrained rows are kept."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from hart_core.debug import byte_level_tokenizer
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=258, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    llm = AutoModelForCausalLM.from_config(cfg)
+    llm.save_pretrained(tmp_path / "llm")
+    byte_level_tokenizer().save_pretrained(tmp_path / "llm")
+
+    text = TextTokenizer.from_hf(tmp_path / "llm")
+    assert text.vocab_size > 258  # <boi>, <eoi>, ... were added
+    model = UnifiedModel.build(text, {"image": debug_image_codec(0)}, tmp_path / "llm",
+                               heads=[HeadConfig(diff_width=64, diff_depth=2)], max_length=256).eval()
+    table = model.backbone.embed_tokens.weight
+    assert table.shape[0] == text.vocab_size
+    torch.testing.assert_close(table[:258], llm.get_input_embeddings().weight, rtol=0, atol=0)
+    images = [draw(*spec) for spec in SHAPES.values()]
+    assert len(model.caption(images[:2], max_new_tokens=3)) == 2
+    assert model.generate_image(["a red circle"], cfg=1.5, seed=0).shape == (1, 3, 16, 16)
+    model.save_pretrained(tmp_path / "unified")
+    again = UnifiedModel.from_pretrained(tmp_path / "unified")
+    assert again.caption(images[:2], max_new_tokens=3) == model.caption(images[:2], max_new_tokens=3)
