@@ -51,11 +51,15 @@ class ModalityHead(nn.Module):
         super().__init__()
         self.config = config
         self.num_scales = num_scales
-        self.start = nn.Parameter(torch.randn(hidden) * 0.02)
+        # Embedding tables rather than bare Parameters, and read through module calls: under ZeRO-3 a
+        # parameter is only gathered when its module runs.
+        self.start = nn.Embedding(1, hidden)
         self.word_embed = nn.Linear(latent_dim, hidden)
         self.scale_embed = nn.Embedding(num_scales + 1, hidden)  # + the complete-latent group
-        nn.init.normal_(self.scale_embed.weight, std=0.02)
-        self.modality_embed = nn.Parameter(torch.zeros(hidden))
+        self.modality_embed = nn.Embedding(1, hidden)
+        for table in (self.start, self.scale_embed):
+            nn.init.normal_(table.weight, std=0.02)
+        nn.init.zeros_(self.modality_embed.weight)
         self.head = nn.Linear(hidden, codebook_size)
         self.cond_norm = RMSNorm(hidden, norm_eps)
         self.diffusion = ResidualDiffusionHead(
@@ -65,9 +69,10 @@ class ModalityHead(nn.Module):
 
     def embed(self, group: int, latent_tokens: torch.Tensor | None, batch: int, n: int) -> torch.Tensor:
         """Inputs of one group: [B, n, hidden]. latent_tokens [B, n, latent_dim] (None for scale 0)."""
-        extra = self.scale_embed.weight[group] + self.modality_embed
+        zero = torch.zeros(1, dtype=torch.long, device=self.scale_embed.weight.device)
+        extra = self.scale_embed(zero + group) + self.modality_embed(zero)  # [1, hidden]
         if latent_tokens is None:
-            return (self.start + extra).expand(batch, n, -1)
+            return (self.start(zero) + extra).expand(batch, n, -1)
         return self.word_embed(latent_tokens.to(self.word_embed.weight.dtype)) + extra
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -97,8 +97,11 @@ class UnifiedModel(nn.Module):
         missing = {h.modality for h in config.heads} - set(codecs)
         if missing:
             raise ValueError(f"heads configured for {sorted(missing)} but no codec given for them")
-        self.codecs = nn.ModuleDict(codecs)
-        self.codecs.requires_grad_(False)
+        # Codecs are frozen tools, not part of the trained module: kept out of the state dict (they
+        # are saved in their own folders) and out of ZeRO's partitioning, but moved with the model.
+        self.codecs = dict(codecs)
+        for codec in self.codecs.values():
+            codec.requires_grad_(False)
         hidden = self.backbone.hidden_size
         self.heads = nn.ModuleDict({
             h.modality: build_head(h, hidden=hidden, latent_dim=codecs[h.modality].latent_dim,
@@ -126,6 +129,14 @@ class UnifiedModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.backbone.embed_tokens.weight.device
+
+    def _apply(self, fn, *args, **kwargs):
+        # follow the model's device, but keep the codecs in fp32 (their latent arithmetic is cheap
+        # and precision-sensitive)
+        device = fn(torch.zeros(())).device
+        for codec in self.codecs.values():
+            codec.to(device)
+        return super()._apply(fn, *args, **kwargs)
 
     # -- sequences -----------------------------------------------------------------------------
 
@@ -249,7 +260,7 @@ class UnifiedModel(nn.Module):
         z = head.diffusion_condition(h_last, code).flatten(0, 1)
         target_res = (before_last - code).flatten(0, 1)
         reps = head.config.diffusion_batch_mul
-        out["diffusion"] = head.diffusion.loss(target_res.repeat(reps, 1), z.float().repeat(reps, 1),
+        out["diffusion"] = head.diffusion.loss(target_res.repeat(reps, 1).to(z.dtype), z.repeat(reps, 1),
                                                generator=generator)
         return out
 
@@ -299,7 +310,7 @@ class UnifiedModel(nn.Module):
             codes = codec.codebook[idx].float()
             if si == K - 1 and use_residual:
                 hard = torch.cat((codec.codebook[idx], codec.codebook[idx]))
-                z = head.diffusion_condition(hidden, hard).flatten(0, 1).float()
+                z = head.diffusion_condition(hidden, hard).flatten(0, 1)
                 residual = head.diffusion.sample(z, cfg=t, generator=gen)[: B * n].view(B, n, -1)
                 codes = codes + residual
             f_hat, x = codec.next_scale_input(si, f_hat, codec.codes_to_grid(codes, si))
@@ -381,8 +392,7 @@ class UnifiedModel(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """config.json + model.safetensors (backbone and heads), text_tokenizer/, codecs/<name>/."""
         folder = Path(folder)
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith("codecs.")}
-        save_folder(folder, {"model_type": self.MODEL_TYPE, **self.config.to_dict()}, state)
+        save_folder(folder, {"model_type": self.MODEL_TYPE, **self.config.to_dict()}, self.state_dict())
         self.text.save_pretrained(folder / "text_tokenizer")
         for name, codec in self.codecs.items():
             codec.save_pretrained(folder / "codecs" / name)
@@ -403,13 +413,11 @@ class UnifiedModel(nn.Module):
         text = TextTokenizer.from_pretrained(folder / "text_tokenizer")
         codecs = {h.modality: load_codec(folder / "codecs" / h.modality) for h in config.heads}
         model = cls(config, text, codecs)
-        state = read_weights(folder, prefer_ema=False)
-        state.update({k: v for k, v in model.state_dict().items() if k.startswith("codecs.")})
-        load_checked(model, state, str(folder))
+        load_checked(model, read_weights(folder, prefer_ema=False), str(folder))
         return model.eval()
 
     def describe(self) -> str:
-        n = sum(p.numel() for k, p in self.named_parameters() if not k.startswith("codecs."))
+        n = sum(p.numel() for p in self.parameters())
         return json.dumps({"backbone": self.backbone.config.model_type, "parameters": n,
                            "modalities": list(self.codecs)})
 
