@@ -177,30 +177,37 @@ class UnifiedModel(nn.Module):
                              f"{self.config.max_length}")
         return batch.to(self.device)
 
+    # Every forward pass calls the same modules in the same order, whatever the batch holds (a
+    # micro-batch without captions still runs the text head, on zero rows). Data-parallel training
+    # needs it: ZeRO-2 reduces every parameter's gradient on every rank, and ZeRO-3 gathers each
+    # module's parameters collectively when it runs, so the ranks' call sequences must agree.
+
     def embed(self, batch: SequenceBatch) -> torch.Tensor:
         """Input embeddings [B, L, D]: text from the LM's table, items through their heads."""
-        x = self.backbone.embed_tokens(batch.text_ids)
-        x = x.clone()
-        by_modality: dict[str, list] = {}
-        for it in batch.items:
-            by_modality.setdefault(it.modality, []).append(it)
-        for modality, items in by_modality.items():
-            tokens = cat_tokens([it.segment.tokens for it in items]).to(self.device)
-            inputs = self.item_inputs(modality, tokens, full=any(it.segment.full for it in items))
+        x = self.backbone.embed_tokens(batch.text_ids).clone()
+        for modality in self.heads:
+            items = [it for it in batch.items if it.modality == modality]
+            tokens = cat_tokens([it.segment.tokens for it in items]).to(self.device) if items else None
+            inputs = self.item_inputs(modality, tokens)
             for i, it in enumerate(items):
                 x[it.row, it.start : it.start + it.length] = inputs[i, : it.length].to(x.dtype)
         return x
 
-    def item_inputs(self, modality: str, tokens: HybridTokens, full: bool) -> torch.Tensor:
-        """[N, sum of group sizes, D] for N complete items (teacher forcing)."""
+    def item_inputs(self, modality: str, tokens: HybridTokens | None) -> torch.Tensor:
+        """[N, sum of group sizes + G, D] for N complete items (teacher forcing), the last group being
+        the complete latent; tokens=None gives N = 0."""
         codec, head = self.codecs[modality], self.heads[modality]
         n = codec.tokens_per_scale
-        N = tokens.indices[0].shape[0]
-        later = codec.teacher_forcing_input(tokens.indices).split(list(n[1:]), dim=1)
-        groups = [head.embed(0, None, N, n[0])] + [head.embed(k + 1, t, N, n[k + 1]) for k, t in enumerate(later)]
-        if full:
+        if tokens is None:
+            N = 0
+            later = [codec.codebook.new_zeros(0, nk, codec.latent_dim) for nk in n[1:]]
+            latent = codec.codebook.new_zeros(0, n[-1], codec.latent_dim)
+        else:
+            N = tokens.indices[0].shape[0]
+            later = codec.teacher_forcing_input(tokens.indices).split(list(n[1:]), dim=1)
             latent = codec.latent_to_tokens(codec.fhat(tokens, with_residual=tokens.residual is not None))
-            groups.append(head.embed(codec.num_scales, latent, N, latent.shape[1]))
+        groups = [head.embed(0, None, N, n[0])] + [head.embed(k + 1, t, N, n[k + 1]) for k, t in enumerate(later)]
+        groups.append(head.embed(codec.num_scales, latent, N, latent.shape[1]))
         return torch.cat(groups, dim=1)
 
     # -- training ------------------------------------------------------------------------------
@@ -208,60 +215,71 @@ class UnifiedModel(nn.Module):
     def forward(self, batch: SequenceBatch, generator: torch.Generator | None = None) -> dict:
         c = self.config
         hidden = self.backbone(self.embed(batch), batch.positions, batch.attention_mask())
-        zero = hidden.sum() * 0.0
         metrics: dict[str, torch.Tensor] = {}
         text_rows = batch.text_targets != IGNORE
+        logits = self.backbone.lm_head(hidden[text_rows]).float()  # possibly zero rows
         if text_rows.any():
-            logits = self.backbone.lm_head(hidden[text_rows]).float()
             target = batch.text_targets[text_rows]
             metrics["text_ce"] = F.cross_entropy(logits, target)
             metrics["text_acc"] = (logits.argmax(-1) == target).float().mean().detach()
-        token_ce, diffusion = zero, zero
+            text_ce = metrics["text_ce"]
+        else:
+            text_ce = logits.sum() * 0.0
+        token_ce = diffusion = hidden.new_zeros((), dtype=torch.float32)
         for modality, head in self.heads.items():
             items = [it for it in batch.items if it.modality == modality and it.segment.loss]
-            if not items:
-                continue
             res = self._item_losses(modality, head, items, hidden, generator)
             token_ce, diffusion = token_ce + res.pop("ce"), diffusion + res.pop("diffusion")
             metrics.update({f"{modality}_{k}": v for k, v in res.items()})
         metrics["token_ce"], metrics["diffusion"] = token_ce, diffusion
-        metrics["loss"] = (c.text_loss_weight * metrics.get("text_ce", zero) + c.token_loss_weight * token_ce
+        metrics["loss"] = (c.text_loss_weight * text_ce + c.token_loss_weight * token_ce
                            + c.diffusion_loss_weight * diffusion)
         return metrics
 
     def _item_losses(self, modality, head, items, hidden, generator) -> dict:
+        """Per-scale CE and the residual diffusion loss of the items to generate. Without such items
+        the same modules run on one all-zero stand-in item and the result is multiplied by zero."""
         codec = self.codecs[modality]
-        n = codec.tokens_per_scale
+        n, C = codec.tokens_per_scale, codec.latent_dim
         L = sum(n)
-        h = torch.stack([hidden[it.row, it.start : it.start + L] for it in items])  # [N, L, D]
-        tokens = cat_tokens([it.segment.tokens for it in items]).to(hidden.device)
-        logits = head.logits(h)
-        target = torch.cat(tokens.indices, dim=1)
-        ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # [N, L]
-        out = {"ce": ce.mean()}
-        start = 0
-        with torch.no_grad():
-            hits = (logits.argmax(-1) == target).float()
-            for k, nk in enumerate(n):
-                out[f"acc_scale{k}"] = hits[:, start : start + nk].mean()
-                start += nk
-        if tokens.residual is None:
-            out["diffusion"] = ce.new_zeros(())
-            return out
-        h_last, last_logits = h[:, -n[-1]:], logits[:, -n[-1]:].detach()
-        if self.config.diffusion_token == "sampled":
-            probs = last_logits.softmax(-1).flatten(0, 1)
-            idx = torch.multinomial(probs, 1, generator=generator).view_as(tokens.indices[-1])
+        present = bool(items)
+        if present:
+            h = torch.stack([hidden[it.row, it.start : it.start + L] for it in items])  # [N, L, D]
+            tokens = cat_tokens([it.segment.tokens for it in items]).to(hidden.device)
+            target = torch.cat(tokens.indices, dim=1)
+            residual = tokens.residual
         else:
-            idx = tokens.indices[-1]
+            h = hidden.new_zeros(1, L, hidden.shape[-1])
+            target = torch.zeros(1, L, dtype=torch.long, device=hidden.device)
+            residual = None
+        logits = head.logits(h)
+        ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # [N, L]
+        out = {"ce": ce.mean() * float(present)}
+        if present:
+            with torch.no_grad():
+                hits = (logits.argmax(-1) == target).float()
+                start = 0
+                for k, nk in enumerate(n):
+                    out[f"acc_scale{k}"] = hits[:, start : start + nk].mean()
+                    start += nk
         book = codec.codebook
-        before_last = tokens.residual + book[tokens.indices[-1]]
+        gt_last = target[:, -n[-1]:]
+        train_residual = residual is not None
+        if train_residual and self.config.diffusion_token == "sampled":
+            probs = logits[:, -n[-1]:].detach().softmax(-1).flatten(0, 1)
+            idx = torch.multinomial(probs, 1, generator=generator).view_as(gt_last)
+        else:
+            idx = gt_last
         code = book[idx]
-        z = head.diffusion_condition(h_last, code).flatten(0, 1)
-        target_res = (before_last - code).flatten(0, 1)
-        reps = head.config.diffusion_batch_mul
-        out["diffusion"] = head.diffusion.loss(target_res.repeat(reps, 1).to(z.dtype), z.repeat(reps, 1),
-                                               generator=generator)
+        z = head.diffusion_condition(h[:, -n[-1]:], code).flatten(0, 1)
+        if train_residual:
+            target_res = (residual + book[gt_last] - code).flatten(0, 1).to(z.dtype)
+            reps = head.config.diffusion_batch_mul
+            out["diffusion"] = head.diffusion.loss(target_res.repeat(reps, 1), z.repeat(reps, 1), generator=generator)
+        else:  # no residual to learn: run the head without random draws, weight zero
+            zeros_t = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+            zeros = torch.zeros(z.shape[0], C, device=z.device, dtype=z.dtype)
+            out["diffusion"] = head.diffusion.loss(zeros, z, t=zeros_t, noise=zeros) * 0.0
         return out
 
     # -- generation: images --------------------------------------------------------------------

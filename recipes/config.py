@@ -1,0 +1,86 @@
+"""Training configuration: a YAML recipe plus `key=value` overrides from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    task: str = "unified"  # "unified" (text <-> image on one backbone) or "tokenizer" (the HART VQ-VAE)
+    output_dir: str = "runs/debug"
+    seed: int = 0
+    steps: int = 100
+    global_batch: int = 8  # samples per optimizer step, over all ranks and accumulation steps
+    micro_batch: int = 4  # samples per forward pass on one rank
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    zero_stage: int = 0  # 0, 1, 2 or 3
+    offload_optimizer: bool = False  # ZeRO-2/3: optimizer states in CPU memory
+    precision: str = "fp32"  # "fp32" or "bf16"
+    ema_decay: float = 0.0  # 0 disables the EMA copy of the weights
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    sample_every: int = 0  # write a PNG grid of generated samples every N steps (0: never)
+    sample_prompts: list[str] = field(default_factory=list)
+    image_size: int = 16
+    data: Any = None  # a data source spec (see recipes.data.open_source)
+    model: dict = field(default_factory=dict)  # task-specific model settings
+    task_weights: dict = field(default_factory=lambda: {"t2i": 1.0, "caption": 1.0, "qa": 0.0})
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.global_batch % self.micro_batch:
+            raise ValueError(f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch}")
+        if self.offload_optimizer and self.zero_stage < 2:
+            raise ValueError("offload_optimizer needs zero_stage 2 or 3")
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        return self.global_batch // self.micro_batch
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def _set(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML recipe and apply `a.b=value` overrides (values parsed as YAML: 3, 1e-3, true, [1, 2])."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        _set(raw, key, yaml.safe_load(value))
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ValueError(f"unknown recipe keys: {sorted(unknown)} (known: {sorted(names)})")
+    return TrainConfig(**raw)

@@ -1,0 +1,193 @@
+"""What the trainer trains: the unified model or the HART tokenizer. A task builds the module, turns a
+micro-batch of decoded samples into a loss, writes sample grids, and exports a model folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from hart_core.tokenizer import HARTTokenizer, TokenizerConfig
+from modalities import ImageCodec, TextTokenizer, debug_image_codec, load_codec
+from unified import Example, HeadConfig, UnifiedConfig, UnifiedModel
+
+from .config import TrainConfig
+
+TASKS = ("t2i", "caption", "qa")
+
+
+def pil_to_tensor(images) -> torch.Tensor:
+    """List of PIL RGB images -> float [B, 3, H, W] in [-1, 1]."""
+    import numpy as np
+
+    arr = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))
+    return arr.permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def save_grid(images: torch.Tensor, captions: list[str], path: Path) -> None:
+    """A row of images in [0, 1] with their prompts in a sidecar text file."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = torch.cat(list(images.clamp(0, 1)), dim=2)  # [3, H, B*W]
+    Image.fromarray(row.mul(255).round().byte().permute(1, 2, 0).cpu().numpy()).save(path)
+    path.with_suffix(".txt").write_text("\n".join(captions) + "\n")
+
+
+class UnifiedTask:
+    """Mixed text-to-image / captioning / QA training of `UnifiedModel`.
+
+    model settings (`cfg.model`): backbone (a transformers config dict, or a local LLM folder),
+    codec ("debug" or a codec / released HART tokenizer folder), text_tokenizer (a folder; default:
+    trained on the data's texts), head (HeadConfig fields), and UnifiedConfig fields (loss weights,
+    caption_dropout, diffusion_token, max_length).
+    """
+
+    name = "unified"
+
+    def __init__(self, cfg: TrainConfig, artifacts: Path):
+        self.cfg, self.artifacts = cfg, artifacts
+        weights = {t: float(cfg.task_weights.get(t, 0.0)) for t in TASKS}
+        if not any(weights.values()):
+            raise ValueError(f"task_weights must give some weight to one of {TASKS}")
+        self.weights = weights
+
+    # -- construction: rank 0 prepares the artifacts (codec, text tokenizer), everyone loads them
+
+    def prepare(self, samples_for_text) -> None:
+        m = self.cfg.model
+        codec_spec = m.get("codec", "debug")
+        if codec_spec == "debug":
+            codec = debug_image_codec(self.cfg.seed, image_size=self.cfg.image_size)
+        elif (Path(codec_spec) / "codec.json").is_file():
+            codec = load_codec(codec_spec)
+        else:
+            codec = ImageCodec.from_official(codec_spec)
+        codec.save_pretrained(self.artifacts / "codec")
+        if m.get("text_tokenizer"):
+            text = TextTokenizer.from_pretrained(m["text_tokenizer"])
+        else:
+            fields = ("caption", "question", "answer")
+            corpus = [s[f] for s in samples_for_text() for f in fields if s.get(f)]
+            if not corpus:
+                raise ValueError("no texts in the data to train a text tokenizer on; set model.text_tokenizer")
+            text = TextTokenizer.train(corpus, vocab_size=int(m.get("text_vocab_size", 512)))
+        text.save_pretrained(self.artifacts / "text_tokenizer")
+
+    def build(self) -> UnifiedModel:
+        m = self.cfg.model
+        text = TextTokenizer.from_pretrained(self.artifacts / "text_tokenizer")
+        codec = load_codec(self.artifacts / "codec")
+        unified_kwargs = {k: m[k] for k in ("text_loss_weight", "token_loss_weight", "diffusion_loss_weight",
+                                            "caption_dropout", "diffusion_token", "max_length") if k in m}
+        head = HeadConfig(modality="image", **m.get("head", {}))
+        backbone = m.get("backbone")
+        if backbone is None:
+            raise ValueError("model.backbone is required: a transformers config dict or a local LLM folder")
+        if isinstance(backbone, dict):
+            backbone = {**backbone, "vocab_size": max(int(backbone.get("vocab_size", 0)), text.vocab_size)}
+        model = UnifiedModel.build(text, {"image": codec}, backbone, heads=[head], **unified_kwargs)
+        (self.artifacts / "unified_config.json").write_text(json.dumps(model.config.to_dict(), indent=1))
+        return model
+
+    def rebuild(self) -> UnifiedModel:
+        """The model skeleton for loading a checkpoint (no data, no pretrained download)."""
+        config = UnifiedConfig.from_dict(json.loads((self.artifacts / "unified_config.json").read_text()))
+        text = TextTokenizer.from_pretrained(self.artifacts / "text_tokenizer")
+        return UnifiedModel(config, text, {"image": load_codec(self.artifacts / "codec")})
+
+    # -- training ------------------------------------------------------------------------------
+
+    def examples(self, model: UnifiedModel, samples: list[dict], generator: torch.Generator) -> list[Example]:
+        tokens = model.codecs["image"].encode([s["image"] for s in samples])
+        from unified.model import split_tokens
+
+        out = []
+        for s, t in zip(samples, split_tokens(tokens), strict=True):
+            w = torch.tensor([self.weights["t2i"] if s.get("caption") else 0.0,
+                              self.weights["caption"] if s.get("caption") else 0.0,
+                              self.weights["qa"] if s.get("question") and s.get("answer") else 0.0])
+            if w.sum() == 0:
+                w = torch.tensor([1.0, 0.0, 0.0])
+            task = TASKS[int(torch.multinomial(w, 1, generator=generator))]
+            text = s.get("answer") if task == "qa" else s.get("caption")
+            out.append(Example(task, t, text, s.get("question") if task == "qa" else None))
+        return out
+
+    def loss(self, model: UnifiedModel, samples: list[dict], generator: torch.Generator):
+        batch = model.training_batch(self.examples(model, samples, generator), generator)
+        metrics = model(batch, generator)
+        loss = metrics.pop("loss")
+        return loss, {k: float(v.detach()) for k, v in metrics.items()}, int(batch.valid.sum())
+
+    @torch.no_grad()
+    def samples(self, model: UnifiedModel, prompts: list[str], path: Path, write: bool) -> None:
+        images = model.generate_image(prompts, cfg=3.0, seed=0)
+        if write:
+            save_grid(images, prompts, path)
+
+    def export(self, model: UnifiedModel, folder: Path) -> None:
+        model.save_pretrained(folder)
+
+
+class TokenizerTask:
+    """HART tokenizer training: reconstruction + VQ losses, decoding the discrete-only latent or the
+    full hybrid one with probability 1/2 each (HART's alternating training).
+
+    model settings: TokenizerConfig fields (vocab_size, z_channels, ch, ch_mult, v_patch_nums, ...).
+    The patch discriminator of the reference training is not implemented yet.
+    """
+
+    name = "tokenizer"
+
+    def __init__(self, cfg: TrainConfig, artifacts: Path):
+        if cfg.zero_stage == 3:
+            raise ValueError("the tokenizer recipe supports ZeRO stages 0-2: its quantizer reads the codebook "
+                             "outside forward(), which ZeRO-3 partitioning does not gather")
+        self.cfg, self.artifacts = cfg, artifacts
+
+    def prepare(self, samples_for_text) -> None:
+        d = dict(self.cfg.model)
+        d.setdefault("freeze_codebook_for_hybrid", False)
+        config = TokenizerConfig.from_dict(d)
+        (self.artifacts / "tokenizer_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+
+    def build(self) -> HARTTokenizer:
+        config = TokenizerConfig.from_dict(json.loads((self.artifacts / "tokenizer_config.json").read_text()))
+        model = HARTTokenizer(config)
+        model.requires_grad_(True)
+        size = model.image_size
+        if size != (self.cfg.image_size, self.cfg.image_size):
+            raise ValueError(f"tokenizer config makes {size} images but image_size is {self.cfg.image_size}")
+        return model
+
+    rebuild = build
+
+    def loss(self, model: HARTTokenizer, samples: list[dict], generator: torch.Generator):
+        images = pil_to_tensor([s["image"] for s in samples]).to(next(model.parameters()).device)
+        continuous = bool(torch.rand((), generator=generator) < 0.5)
+        out = model.loss(images.to(next(model.parameters()).dtype), continuous=continuous)
+        metrics = {"recon": float(out["recon"]), "vq": float(out["vq"]), "usage": float(out["usages"])}
+        return out["loss"], metrics, len(samples)
+
+    @torch.no_grad()
+    def samples(self, model: HARTTokenizer, prompts, path: Path, write: bool) -> None:
+        pass  # reconstructions need data; not written yet
+
+    def export(self, model: HARTTokenizer, folder: Path) -> None:
+        """An image codec folder (codec.json + tokenizer/), usable as the unified recipe's codec."""
+        model = model.float().eval()
+        ImageCodec.from_hart_tokenizer(model).save_pretrained(folder)
+
+
+def make_task(cfg: TrainConfig, artifacts: Path):
+    tasks = {"unified": UnifiedTask, "tokenizer": TokenizerTask}
+    if cfg.task not in tasks:
+        raise ValueError(f"unknown task {cfg.task!r} (known: {sorted(tasks)})")
+    return tasks[cfg.task](cfg, artifacts)
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

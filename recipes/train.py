@@ -1,0 +1,278 @@
+"""One DeepSpeed ZeRO trainer for every recipe.
+
+    python -m recipes.train recipes/configs/unified_debug.yaml steps=50          # 1 process (CPU or GPU)
+    torchrun --nproc_per_node 2 -m recipes.train RECIPE zero_stage=2              # local ranks
+    deepspeed --num_gpus 8 --module recipes.train RECIPE precision=bf16          # one GPU node
+    deepspeed --hostfile hosts --module recipes.train RECIPE zero_stage=3        # many nodes
+    python -m recipes.train RECIPE --resume                                       # continue from latest
+    python -m recipes.export CHECKPOINT_DIR OUT [--ema]                           # consolidated model folder
+
+Determinism: step s always trains on the same global batch, cut into the same micro-batches
+j = 0..M-1 (rank r owns j = r, r + world, ...), and every random draw of micro-batch j comes from a
+generator seeded by (seed, s, j). So the loss sequence does not depend on the number of ranks (only
+on the global batch), and a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import distributed as D
+from .config import TrainConfig, load_config
+from .tasks import make_task, trainable
+
+log = logging.getLogger("recipes.train")
+ZERO_CONFIGS = Path(__file__).parent / "configs" / "zero"
+
+
+def deepspeed_config(cfg: TrainConfig, world: int) -> dict:
+    """The ZeRO JSON of the chosen stage, completed with this run's batch, precision and clipping."""
+    name = f"zero{cfg.zero_stage}" + ("_offload" if cfg.offload_optimizer else "") + ".json"
+    ds = json.loads((ZERO_CONFIGS / name).read_text())
+    if cfg.micro_batches_per_step % world:
+        raise ValueError(f"{cfg.micro_batches_per_step} micro-batches per step cannot be split over {world} ranks: "
+                         "make global_batch / micro_batch a multiple of the number of ranks")
+    ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch
+    ds["gradient_accumulation_steps"] = cfg.micro_batches_per_step // world
+    ds["train_batch_size"] = cfg.global_batch
+    ds["gradient_clipping"] = cfg.grad_clip
+    ds["bf16"] = {"enabled": cfg.precision == "bf16"}
+    ds["steps_per_print"] = 10**9
+    ds["wall_clock_breakdown"] = False
+    return ds
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def micro_generator(seed: int, step: int, j: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device)
+    g.manual_seed((seed * 1_000_003 + step) * 10_007 + j)
+    return g
+
+
+class EMA:
+    """Exponential moving average of the weights this rank holds: whole tensors under ZeRO 0-2, the
+    rank's own partition (`ds_tensor`) under ZeRO-3, so no communication is ever needed."""
+
+    def __init__(self, engine, decay: float, stage: int):
+        self.decay, self.stage = decay, stage
+        self.names = [n for n, p in engine.module.named_parameters() if p.requires_grad]
+        self.params = [p for p in engine.module.parameters() if p.requires_grad]
+        self.shadow = [self._local(p).detach().float().clone() for p in self.params]
+
+    def _local(self, p):
+        return p.ds_tensor if self.stage == 3 else p.data
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, p in zip(self.shadow, self.params, strict=True):
+            s.lerp_(self._local(p).float(), 1 - self.decay)
+
+    def state(self) -> dict:
+        out = {}
+        for n, s, p in zip(self.names, self.shadow, self.params, strict=True):
+            out[n] = s.cpu()
+            if self.stage == 3:
+                out[n + "::shape"] = torch.tensor(list(p.ds_shape))
+        return out
+
+    def load(self, state: dict) -> None:
+        for i, n in enumerate(self.names):
+            self.shadow[i].copy_(state[n])
+
+
+def write_latest(ckpt_root: Path, tag: str) -> None:
+    tmp = ckpt_root / ".latest.tmp"
+    tmp.write_text(tag)
+    os.replace(tmp, ckpt_root / "latest")
+
+
+def save_checkpoint(engine, ema, cfg, step, rank, world, ckpt_root: Path, loader_state: dict) -> None:
+    """DeepSpeed checkpoint under tag step{N}; `latest` is switched only after every rank has written
+    everything, so a crash mid-write leaves the previous checkpoint as the latest usable one."""
+    from safetensors.torch import save_file
+
+    tag = f"step{step:07d}"
+    engine.save_checkpoint(str(ckpt_root), tag=tag, client_state={"step": step, "data": loader_state},
+                           save_latest=False)
+    if ema is not None:
+        save_file(ema.state(), str(ckpt_root / tag / f"ema_rank{rank:03d}.safetensors"))
+    D.barrier()
+    if rank == 0:
+        (ckpt_root / tag / "trainer_state.json").write_text(json.dumps(
+            {"step": step, "zero_stage": cfg.zero_stage, "world_size": world, "ema": ema is not None}))
+        write_latest(ckpt_root, tag)
+        tags = sorted(p.name for p in ckpt_root.glob("step*") if p.is_dir())
+        for old in tags[: -cfg.keep_checkpoints]:
+            shutil.rmtree(ckpt_root / old, ignore_errors=True)
+    D.barrier()
+
+
+def first_good(source, image_size: int) -> list[dict]:
+    from .data import decode_sample
+
+    for i in range(len(source)):
+        try:
+            return [decode_sample(source.raw(i), image_size)]
+        except Exception:
+            continue
+    raise RuntimeError("no decodable sample in the data")
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> None:
+    import deepspeed
+
+    from .data import GlobalBatchLoader, decode_sample, open_source
+
+    rank, world, device = D.setup()
+    out = Path(cfg.output_dir)
+    artifacts, ckpt_root = out / "artifacts", out / "checkpoints"
+    if rank == 0:
+        artifacts.mkdir(parents=True, exist_ok=True)
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[rank{rank}] %(levelname)s %(name)s: %(message)s")
+
+    source = open_source(cfg.data)
+    task = make_task(cfg, artifacts)
+    if rank == 0 and not (resume and (ckpt_root / "latest").is_file()):
+        def texts():
+            for i in range(min(len(source), 10_000)):
+                try:
+                    yield decode_sample(source.raw(i), cfg.image_size)
+                except Exception:  # undecodable samples are counted by the loader during training
+                    continue
+
+        task.prepare(texts)
+    D.barrier()
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = task.build()
+    params = trainable(model)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           model_parameters=params, config=deepspeed_config(cfg, world))
+    ema = EMA(engine, cfg.ema_decay, cfg.zero_stage) if cfg.ema_decay > 0 else None
+
+    start = 0
+    if resume and (ckpt_root / "latest").is_file():
+        from safetensors.torch import load_file
+
+        tag = (ckpt_root / "latest").read_text().strip()
+        _, client = engine.load_checkpoint(str(ckpt_root), tag=tag)
+        start = int(client["step"])
+        if ema is not None:
+            ema.load(load_file(str(ckpt_root / tag / f"ema_rank{rank:03d}.safetensors")))
+        log.info("resumed from %s at step %d", tag, start)
+
+    loader = GlobalBatchLoader(source, cfg.global_batch, cfg.micro_batch, cfg.seed, cfg.image_size)
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"))
+    metrics_file = (out / "metrics.jsonl").open("a") if rank == 0 else None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"{task.name}", disable=rank != 0, dynamic_ncols=True)
+    engine.train()
+    last_good: list[dict] = []
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        n_samples, n_tokens = 0, 0
+        for j, samples in loader.micro_batches(step, rank, world):
+            g = micro_generator(cfg.seed, step, j, device)
+            weight = 1.0
+            if samples:
+                last_good = samples
+            else:  # every sample of this micro-batch was bad: run a zero-weight pass to keep the ranks in step
+                samples, weight = last_good or first_good(source, cfg.image_size), 0.0
+            loss, metrics, tokens = task.loss(engine.module, samples, g)  # metrics: floats, per micro-batch
+            engine.backward(loss * weight)
+            engine.step()
+            for k, v in {"loss": float(loss), **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + v * weight
+                counts[k] = counts.get(k, 0.0) + weight
+            n_samples += len(samples) if weight else 0
+            n_tokens += tokens if weight else 0
+        if ema is not None:
+            ema.update()
+        dt = time.perf_counter() - t0
+        stats = D.mean_over_ranks(sums, counts, device)
+        samples_total = D.all_sum(n_samples, device)
+        tokens_total = D.all_sum(n_tokens, device)
+        bad = D.all_sum(loader.bad_count, device)
+        if rank == 0:
+            stats.update({"step": step + 1, "lr": scheduler.get_last_lr()[0], "samples_per_s": samples_total / dt,
+                          "tokens_per_s": tokens_total / dt, "bad_samples": bad})
+            metrics_file.write(json.dumps(stats) + "\n")
+            metrics_file.flush()
+            if (step + 1) % cfg.log_every == 0:
+                for k, v in stats.items():
+                    if k != "step":
+                        writer.add_scalar(f"train/{k}", v, step + 1)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{stats['samples_per_s']:.1f}",
+                            tok_s=f"{stats['tokens_per_s']:.0f}", bad=int(bad))
+            bar.update(1)
+        done = step + 1
+        if cfg.sample_every and done % cfg.sample_every == 0 and cfg.sample_prompts:
+            engine.eval()
+            task.samples(engine.module, cfg.sample_prompts, out / "samples" / f"step{done:07d}.png", rank == 0)
+            engine.train()
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            save_checkpoint(engine, ema, cfg, done, rank, world, ckpt_root, {"position": done * cfg.global_batch})
+        if stop_after is not None and done >= stop_after:
+            log.warning("stopping after step %d as asked (--stop-after)", done)
+            D.finish(0)
+    bar.close()
+    if rank == 0:
+        metrics_file.close()
+        writer.close()
+        tag = (ckpt_root / "latest").read_text().strip()
+        from .export import export
+
+        export(ckpt_root / tag, out / "final", ema=ema is not None)
+        log.info("exported %s", out / "final")
+    D.finish(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m recipes.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", help="YAML recipe (see recipes/configs/)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. zero_stage=3 model.head.diff_depth=2")
+    parser.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/latest")
+    parser.add_argument("--stop-after", type=int, default=None, help="exit after this step (tests a crash)")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.recipe, args.overrides)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    train(cfg, resume=args.resume, stop_after=args.stop_after)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+import io
+import json
+
+import pytest
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220), "green": (40, 200, 60), "yellow": (230, 210, 40)}
+SHAPES = ("circle", "square")
+
+
+def shape_png(colour: str, shape: str, size: int = 16) -> bytes:
+    img = Image.new("RGB", (size, size), (245, 245, 245))
+    d = ImageDraw.Draw(img)
+    box = (3, 3, size - 4, size - 4)
+    (d.ellipse if shape == "circle" else d.rectangle)(box, fill=COLOURS[colour])
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_shape_shards(folder, n_shards: int = 2, per_shard: int = 8, corrupt: bool = False) -> str:
+    """Webdataset shards of coloured shapes with captions and a question/answer; returns the pattern."""
+    import webdataset as wds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    combos = [(c, s) for c in COLOURS for s in SHAPES]
+    i = 0
+    for shard in range(n_shards):
+        with wds.TarWriter(str(folder / f"shard-{shard:03d}.tar")) as sink:
+            for _ in range(per_shard):
+                colour, shape = combos[i % len(combos)]
+                png = shape_png(colour, shape)
+                if corrupt and i == 3:
+                    png = b"\x89PNG garbage" * 8
+                if corrupt and i == 9:
+                    png = png[: len(png) // 2]
+                sink.write({"__key__": f"s{i:05d}", "png": png, "txt": f"a {colour} {shape}",
+                            "json": json.dumps({"question": "what shape is it", "answer": shape})})
+                i += 1
+    return str(folder / f"shard-{{000..{n_shards - 1:03d}}}.tar")
+
+
+@pytest.fixture(scope="session")
+def shape_shards(tmp_path_factory):
+    return write_shape_shards(tmp_path_factory.mktemp("shapes"))
