@@ -39,7 +39,14 @@ class TrainConfig:
     task_weights: dict = field(default_factory=lambda: {"t2i": 1.0, "caption": 1.0, "qa": 0.0})
 
     def __post_init__(self):
-        self.betas = tuple(self.betas)
+        for f in dataclasses.fields(self):  # YAML reads 3e-3 (no dot) as a string
+            value = getattr(self, f.name)
+            if f.type in ("float", "int") and isinstance(value, str):
+                try:
+                    setattr(self, f.name, float(value) if f.type == "float" else int(value))
+                except ValueError:
+                    raise ValueError(f"{f.name}: expected a number, got {value!r}") from None
+        self.betas = tuple(float(b) for b in self.betas)
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.precision not in ("fp32", "bf16"):
