@@ -34,6 +34,7 @@ class TrainConfig:
     sample_every: int = 0  # write a PNG grid of generated samples every N steps (0: never)
     sample_prompts: list[str] = field(default_factory=list)
     image_size: int = 16
+    token_cache: str | None = None  # folder: pre-tokenise images once with the codec and reuse (unified task)
     data: Any = None  # a data source spec (see recipes.data.open_source)
     model: dict = field(default_factory=dict)  # task-specific model settings
     task_weights: dict = field(default_factory=lambda: {"t2i": 1.0, "caption": 1.0, "qa": 0.0})

@@ -101,11 +101,14 @@ class UnifiedTask:
     # -- training ------------------------------------------------------------------------------
 
     def examples(self, model: UnifiedModel, samples: list[dict], generator: torch.Generator) -> list[Example]:
-        tokens = model.codecs["image"].encode([s["image"] for s in samples])
         from unified.model import split_tokens
 
+        if all("tokens" in s for s in samples):  # pre-tokenised (token_cache)
+            rows = [s["tokens"] for s in samples]
+        else:
+            rows = split_tokens(model.codecs["image"].encode([s["image"] for s in samples]))
         out = []
-        for s, t in zip(samples, split_tokens(tokens), strict=True):
+        for s, t in zip(samples, rows, strict=True):
             w = torch.tensor([self.weights["t2i"] if s.get("caption") else 0.0,
                               self.weights["caption"] if s.get("caption") else 0.0,
                               self.weights["qa"] if s.get("question") and s.get("answer") else 0.0])

@@ -126,6 +126,16 @@ def save_checkpoint(engine, ema, cfg, step, rank, world, ckpt_root: Path, loader
     D.barrier()
 
 
+def peak_memory(device: torch.device) -> dict:
+    """Peak resident memory of this process (and of its GPU), in MiB."""
+    import resource
+
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
 def first_good(source, image_size: int) -> list[dict]:
     from .data import decode_sample
 
@@ -184,7 +194,12 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             ema.load(load_file(str(ckpt_root / tag / f"ema_rank{rank:03d}.safetensors")))
         log.info("resumed from %s at step %d", tag, start)
 
-    loader = GlobalBatchLoader(source, cfg.global_batch, cfg.micro_batch, cfg.seed, cfg.image_size)
+    cache = None
+    if cfg.token_cache and cfg.task == "unified":
+        from .data import TokenCache
+
+        cache = TokenCache(cfg.token_cache, model.codecs["image"])
+    loader = GlobalBatchLoader(source, cfg.global_batch, cfg.micro_batch, cfg.seed, cfg.image_size, cache=cache)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -246,6 +261,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             log.warning("stopping after step %d as asked (--stop-after)", done)
             D.finish(0)
     bar.close()
+    (out / f"memory_rank{rank}.json").write_text(json.dumps(peak_memory(device)))
     if rank == 0:
         metrics_file.close()
         writer.close()

@@ -114,3 +114,19 @@ def test_bad_recipe_is_a_clear_error(tmp_path, shards):
     assert proc.returncode == 2 and "zero_stage must be 0, 1, 2 or 3" in proc.stderr
     proc = run(tmp_path / "x", shards, "no_such_key=1", check=False)
     assert proc.returncode == 2 and "unknown recipe keys" in proc.stderr
+
+
+def test_token_cache_and_sample_grids(tmp_path, shards, single_rank):
+    """Pre-tokenised training gives the same losses as encoding on the fly; sample grids are PNGs."""
+    out = tmp_path / "cached"
+    run(out, shards, f"token_cache={tmp_path / 'cache'}", "sample_every=3", "steps=6")
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 16  # every sample encoded once
+    torch.testing.assert_close(torch.tensor(losses(out)), torch.tensor(losses(single_rank)), rtol=1e-4, atol=1e-4)
+    from PIL import Image
+
+    grids = sorted((out / "samples").glob("*.png"))
+    assert [g.name for g in grids] == ["step0000003.png", "step0000006.png"]
+    assert Image.open(grids[0]).size == (32, 16)  # two prompts side by side
+    assert (out / "samples" / "step0000003.txt").read_text().splitlines() == ["a red circle", "a blue square"]
+    memory = json.loads((out / "memory_rank0.json").read_text())
+    assert memory["peak_rss_mib"] > 0
