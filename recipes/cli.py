@@ -1,5 +1,13 @@
 """The `hart-unified` command line.
 
+Unified model (the shipped default model unless --model DIR):
+    hart-unified generate --prompt "a red circle in the top left" --out circle.png --previews
+    hart-unified caption photo.png other.png
+    hart-unified ask --image photo.png --question "what colour is the circle?"
+    hart-unified demo --out demo/                  # prompts -> images -> captions, with an index page
+    hart-unified eval --out eval.json              # prompt adherence, caption/QA accuracy, digits, speed
+    hart-unified train RECIPE [key=value ...]      # the DeepSpeed trainer (see recipes/configs/)
+Released HART weights:
     hart-unified t2i --hart DIR --text-encoder DIR --prompt "a lemur in a red hat" --out lemur.png
     hart-unified t2i --debug-model --prompt "anything" --out noise.png     # tiny random model
     hart-unified convert --hart DIR --out DIR                              # released HART -> ours
@@ -83,6 +91,146 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_MODEL = Path(__file__).resolve().parent / "pretrained" / "shapes"
+
+
+def _load_unified(args: argparse.Namespace):
+    from unified import UnifiedModel
+
+    folder = Path(args.model) if args.model else DEFAULT_MODEL
+    if not folder.is_dir():
+        if args.model:
+            raise FileNotFoundError(f"model folder {folder} does not exist")
+        raise FileNotFoundError(f"the default model is not installed at {folder}; pass --model DIR")
+    model = UnifiedModel.from_pretrained(folder).to(torch.device(args.device))
+    return model.eval()
+
+
+def _open_images(paths: list[str]):
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"image {p} does not exist")
+        try:
+            with Image.open(p) as im:
+                im.load()
+                images.append(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read image {p}: {e}") from e
+    return images
+
+
+def _fit(images, size: tuple[int, int]):
+    """Resize to the codec's size (a user's photo rarely has it)."""
+    from PIL import Image
+
+    return [im if im.size == (size[1], size[0]) else im.resize((size[1], size[0]), Image.BICUBIC) for im in images]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    model = _load_unified(args)
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("give at least one --prompt or a --prompts-file")
+    if any(not p.strip() for p in prompts):
+        raise ValueError("empty prompt: describe the image")
+    from tqdm.auto import tqdm
+
+    out_images, strips = [], []
+    for start in tqdm(range(0, len(prompts), args.batch_size), desc="generating", disable=args.quiet):
+        batch = prompts[start : start + args.batch_size]
+        steps: list[torch.Tensor] = []
+        callback = (lambda k, n, img, steps=steps: steps.append(img.cpu())) if args.previews else None
+        images = model.generate_image(batch, cfg=args.cfg, seed=args.seed + start, top_k=args.top_k, callback=callback)
+        out_images.append(images.cpu())
+        if args.previews:  # one strip per prompt: scale 1 .. K, coarse to fine
+            strips += [torch.cat([s[i] for s in steps], dim=2) for i in range(len(batch))]
+    paths = _save_images(torch.cat(out_images), Path(args.out), prompts)
+    for path, strip in zip(paths, strips, strict=False):
+        array = strip.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(array).save(path.with_name(f"{path.stem}_scales.png"))
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    model = _load_unified(args)
+    codec = model.codecs["image"]
+    images = _fit(_open_images(args.images), codec.image_size)
+    for path, text in zip(args.images, model.caption(images, max_new_tokens=args.max_new_tokens), strict=True):
+        print(f"{path}\t{text}")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    model = _load_unified(args)
+    images = _fit(_open_images([args.image]), model.codecs["image"].image_size)
+    print(model.answer(images, [args.question], max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A handful of prompts end to end: images (with coarse-to-fine strips), the model's own captions
+    of what it drew, and an index.html contact sheet."""
+    import html
+
+    from PIL import Image
+
+    model = _load_unified(args)
+    prompts = args.prompt or DEMO_PROMPTS
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps: list[torch.Tensor] = []
+    images = model.generate_image(prompts, cfg=args.cfg, seed=args.seed,
+                                  callback=lambda k, n, img: steps.append(img.cpu()))
+    captions = model.caption(images, max_new_tokens=24)
+    rows = []
+    for i, (prompt, caption) in enumerate(zip(prompts, captions, strict=True)):
+        img = Image.fromarray(images[i].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+        img.resize((img.width * 4, img.height * 4), Image.NEAREST).save(out / f"{i:02d}.png")
+        strip = torch.cat([s[i] for s in steps], dim=2).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(strip).resize((strip.shape[1] * 4, strip.shape[0] * 4), Image.NEAREST).save(
+            out / f"{i:02d}_scales.png")
+        rows.append(f"<tr><td>{html.escape(prompt)}</td><td><img src='{i:02d}.png'></td>"
+                    f"<td><img src='{i:02d}_scales.png'></td><td>{html.escape(caption)}</td></tr>")
+        print(f"{prompt!r} -> {out / f'{i:02d}.png'} -> caption {caption!r}")
+    (out / "index.html").write_text(
+        "<html><body><h1>hart-unified demo</h1><table border=1 cellpadding=6>"
+        "<tr><th>prompt</th><th>image</th><th>scales, coarse to fine</th><th>the model's caption of it</th></tr>"
+        + "\n".join(rows) + "</table></body></html>\n")
+    print(out / "index.html")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import main as train_main
+
+    train_main([args.recipe, *args.overrides, *(["--resume"] if args.resume else [])])
+    return 0
+
+
+DEMO_PROMPTS = [
+    "a red circle in the top left",
+    "a blue square in the center",
+    "a green triangle at the bottom",
+    "a yellow circle and a purple square",
+    "the digit 3",
+    "the digit 7",
+]
+
+
+def _unified_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="unified model folder (default: the shipped model)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hart-unified", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,6 +259,50 @@ def build_parser() -> argparse.ArgumentParser:
     t2i.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     t2i.add_argument("--quiet", action="store_true", help="no progress bar")
     t2i.set_defaults(func=cmd_t2i)
+
+    gen = sub.add_parser("generate", help="text -> image with a unified model",
+                         description="Generate images from prompts with a unified model.")
+    _unified_args(gen)
+    gen.add_argument("--prompt", action="append", help="a prompt; repeat for several images")
+    gen.add_argument("--prompts-file", help="text file with one prompt per line")
+    gen.add_argument("--out", default="image.png", help="output PNG; several prompts give OUT_000.png, ...")
+    gen.add_argument("--previews", action="store_true", help="also write OUT_scales.png: every scale, coarse to fine")
+    gen.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3.0)")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=cmd_generate)
+
+    cap = sub.add_parser("caption", help="image -> caption", description="Caption images with a unified model.")
+    _unified_args(cap)
+    cap.add_argument("images", nargs="+", help="image files (resized to the model's image size)")
+    cap.add_argument("--max-new-tokens", type=int, default=32)
+    cap.set_defaults(func=cmd_caption)
+
+    ask = sub.add_parser("ask", help="image + question -> answer", description="Ask a question about an image.")
+    _unified_args(ask)
+    ask.add_argument("--image", required=True)
+    ask.add_argument("--question", required=True)
+    ask.add_argument("--max-new-tokens", type=int, default=16)
+    ask.set_defaults(func=cmd_ask)
+
+    demo = sub.add_parser("demo", help="a few prompts end to end, written to a folder with an index.html",
+                          description="Generate, preview and caption a handful of prompts.")
+    _unified_args(demo)
+    demo.add_argument("--out", default="demo", help="output folder (default ./demo)")
+    demo.add_argument("--prompt", action="append", help="replace the built-in prompts")
+    demo.add_argument("--cfg", type=float, default=3.0)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train with a YAML recipe (see recipes/configs/)",
+                           description="Run the DeepSpeed trainer in this process; for several ranks launch "
+                                       "`torchrun ... -m recipes.train` or `deepspeed --module recipes.train`.")
+    train.add_argument("recipe")
+    train.add_argument("overrides", nargs="*", help="key=value overrides")
+    train.add_argument("--resume", action="store_true")
+    train.set_defaults(func=cmd_train)
 
     conv = sub.add_parser("convert", help="convert a released HART folder to this project's format")
     conv.add_argument("--hart", required=True, help="released HART folder (llm/ + tokenizer/)")

@@ -1,0 +1,74 @@
+"""The unified-model subcommands on a tiny model, and their errors on bad input."""
+
+import pytest
+from PIL import Image
+
+from recipes.cli import main
+
+from ..unified.test_unified import SHAPES, draw, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_model("qwen2").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def image_file(tmp_path):
+    path = tmp_path / "circle.png"
+    draw(*SHAPES["a red circle"]).save(path)
+    return path
+
+
+def test_generate_with_previews(tmp_path, model_dir, capsys):
+    out = tmp_path / "gen.png"
+    assert main(["generate", "--model", str(model_dir), "--prompt", "a red circle", "--prompt", "a blue square",
+                 "--out", str(out), "--previews", "--quiet"]) == 0
+    for i in range(2):
+        assert Image.open(tmp_path / f"gen_{i:03d}.png").size == (16, 16)
+        assert Image.open(tmp_path / f"gen_{i:03d}_scales.png").size == (4 * 16, 16)  # 4 scales side by side
+    assert (tmp_path / "gen_prompts.txt").read_text().splitlines() == ["a red circle", "a blue square"]
+
+
+def test_caption_and_ask(tmp_path, model_dir, image_file, capsys):
+    big = tmp_path / "big.png"
+    draw(*SHAPES["a red circle"], size=40).save(big)  # other sizes are resized to the model's
+    assert main(["caption", "--model", str(model_dir), str(image_file), str(big)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(image_file), str(big)]
+    assert main(["ask", "--model", str(model_dir), "--image", str(image_file), "--question", "what shape is it"]) == 0
+    assert capsys.readouterr().out.endswith("\n")
+
+
+def test_demo_writes_an_index(tmp_path, model_dir):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(model_dir), "--out", str(out), "--prompt", "a red circle",
+                 "--prompt", "a green triangle"]) == 0
+    page = (out / "index.html").read_text()
+    assert page.count("<tr>") == 3 and "a green triangle" in page
+    assert Image.open(out / "01.png").size == (64, 64)
+
+
+def one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_bad_input_is_a_clear_error(tmp_path, model_dir, image_file, capsys):
+    assert main(["caption", "--model", str(model_dir), str(tmp_path / "missing.png")]) == 2
+    assert "does not exist" in one_error(capsys)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    assert main(["caption", "--model", str(model_dir), str(corrupt)]) == 2
+    assert "cannot read image" in one_error(capsys)
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
+    assert "does not exist" in one_error(capsys)
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    assert main(["ask", "--model", str(not_a_model), "--image", str(image_file), "--question", "q"]) == 2
+    assert "config.json" in one_error(capsys)
+    assert main(["generate", "--model", str(model_dir), "--prompt", " "]) == 2
+    assert "empty prompt" in one_error(capsys)
