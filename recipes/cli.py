@@ -209,6 +209,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .eval.evaluate import evaluate, table
+
+    model = _load_unified(args)
+    results = evaluate(model, n=args.n, batch_size=args.batch_size, cfg=args.cfg, seed=args.seed,
+                       progress=not args.quiet)
+    print(table(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        print(args.out)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import main as train_main
 
@@ -295,6 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cfg", type=float, default=3.0)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("eval", help="prompt adherence, caption/QA accuracy, digits, speed",
+                        description="Evaluate a unified model on held-out Shapes World prompts and images and on "
+                                    "real digits; prints a table and writes JSON.")
+    _unified_args(ev)
+    ev.add_argument("--out", help="write the results as JSON here")
+    ev.add_argument("--n", type=int, default=200, help="prompts / images per measurement (default 200)")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--cfg", type=float, default=3.0)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
 
     train = sub.add_parser("train", help="train with a YAML recipe (see recipes/configs/)",
                            description="Run the DeepSpeed trainer in this process; for several ranks launch "

@@ -72,3 +72,28 @@ def test_bad_input_is_a_clear_error(tmp_path, model_dir, image_file, capsys):
     assert "config.json" in one_error(capsys)
     assert main(["generate", "--model", str(model_dir), "--prompt", " "]) == 2
     assert "empty prompt" in one_error(capsys)
+
+
+def test_eval_runs_end_to_end_on_a_32px_model(tmp_path, capsys):
+    """The evaluation pipeline on an untrained 32x32 model: every metric present and in range."""
+    import json
+
+    from modalities import TextTokenizer, debug_image_codec
+    from recipes.data.shapes import ShapesWorld
+    from unified import HeadConfig, UnifiedModel
+
+    world = ShapesWorld(0, 32)
+    text = TextTokenizer.train([world.train(i)["caption"] for i in range(100)] + ["the digit 3"], vocab_size=400)
+    backbone = dict(model_type="qwen2", vocab_size=text.vocab_size, hidden_size=32, intermediate_size=64,
+                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+    UnifiedModel.build(text, {"image": debug_image_codec(0, image_size=32)}, backbone,
+                       heads=[HeadConfig(diff_width=32, diff_depth=1)], max_length=512).save_pretrained(tmp_path / "m")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(tmp_path / "m"), "--n", "4", "--batch-size", "4", "--quiet",
+                 "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    for key in ("overall", "colour", "shape", "position", "count"):
+        assert 0.0 <= results["shapes_t2i"][key] <= 1.0
+    assert results["digits_t2i"]["classifier_heldout_accuracy"] > 0.93
+    assert results["speed"]["images_per_s"] > 0
+    assert "Shapes text-to-image" in capsys.readouterr().out

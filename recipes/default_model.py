@@ -1,0 +1,72 @@
+"""Reproduce the shipped default model: data -> tokenizer -> unified model -> evaluation.
+
+    python -m recipes.default_model --work runs/default            # everything, on this CPU
+    python -m recipes.default_model --work runs/default --install  # then copy it to recipes/pretrained/shapes
+
+Stages (each skipped when its output already exists, so an interrupted run continues):
+1. data: Shapes World training scenes and the real scikit-learn digits as webdataset shards;
+2. tokenizer: `recipes/configs/shapes_tokenizer.yaml` (the HART tokenizer, 32x32 -> 8x8 latent, 6 scales);
+3. unified: `recipes/configs/shapes_unified.yaml` (text-to-image, captioning and QA on one backbone);
+4. eval: `recipes.eval.evaluate` on held-out prompts and images -> eval.json.
+Extra `key=value` arguments go to both trainers (e.g. `steps=100` for a quick try).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+INSTALL_DIR = Path(__file__).resolve().parent / "pretrained" / "shapes"
+
+
+def run(cmd: list[str], cwd: Path) -> None:
+    print("$", " ".join(cmd), flush=True)
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+    subprocess.run(cmd, cwd=cwd, env=env, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recipes.default_model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="runs/default", help="working folder (default runs/default)")
+    parser.add_argument("--shapes", type=int, default=20000, help="Shapes World training scenes")
+    parser.add_argument("--eval-n", type=int, default=200)
+    parser.add_argument("--install", action="store_true", help=f"copy the result to {INSTALL_DIR}")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for both trainers")
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    (work / "data").mkdir(parents=True, exist_ok=True)
+
+    if not list((work / "data").glob("shapes-train-*.tar")):
+        from recipes.data.digits import Digits
+        from recipes.data.shapes import write_shards
+
+        print(write_shards(work / "data", "train", n=args.shapes, per_shard=1000, seed=0))
+        print(Digits(image_size=32, seed=0).write_shards(work / "data", "train", per_shard=1000))
+    shapes = f"data/shapes-train-{{000..{(args.shapes + 999) // 1000 - 1:03d}}}.tar"
+    mix = (f"data={{mix: [{{source: '{shapes}', weight: %s, name: shapes}}, "
+           f"{{source: 'data/digits-train-{{000..001}}.tar', weight: %s, name: digits}}]}}")
+    py = sys.executable
+    if not (work / "tokenizer" / "final" / "codec.json").is_file():
+        run([py, "-m", "recipes.train", str(CONFIGS / "shapes_tokenizer.yaml"), mix % (0.7, 0.3), *args.overrides,
+             *(["--resume"] if (work / "tokenizer" / "checkpoints" / "latest").is_file() else [])], work)
+    if not (work / "unified" / "final" / "config.json").is_file():
+        run([py, "-m", "recipes.train", str(CONFIGS / "shapes_unified.yaml"), mix % (0.75, 0.25), *args.overrides,
+             *(["--resume"] if (work / "unified" / "checkpoints" / "latest").is_file() else [])], work)
+    run([py, "-m", "recipes.eval.evaluate", "unified/final", "--out", "eval.json", "--n", str(args.eval_n)], work)
+    if args.install:
+        if INSTALL_DIR.exists():
+            shutil.rmtree(INSTALL_DIR)
+        shutil.copytree(work / "unified" / "final", INSTALL_DIR)
+        shutil.copy(work / "eval.json", INSTALL_DIR / "eval.json")
+        print(f"installed {INSTALL_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
