@@ -155,7 +155,7 @@ class HARTTokenizer(nn.Module):
         res = self(images, continuous)
         recon = F.mse_loss(res["out"], images)
         return {"loss": recon * recon_weight + res["vq_loss"], "recon": recon,
-                "vq": res["vq_loss"], "out": res["out"], "usages": res["usages"]}
+                "vq": res["vq_loss"], "out": res["out"], "usages": res["usages"], "indices": res["indices"]}
 
     # -- persistence ---------------------------------------------------------------------------
 

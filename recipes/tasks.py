@@ -150,6 +150,12 @@ class TokenizerTask:
             raise ValueError("the tokenizer recipe supports ZeRO stages 0-2: its quantizer reads the codebook "
                              "outside forward(), which ZeRO-3 partitioning does not gather")
         self.cfg, self.artifacts = cfg, artifacts
+        # dead-code restart: VQ codebooks collapse onto a handful of codes unless unused ones are revived
+        self.restart_every = int(cfg.model.get("restart_dead_codes_every", 0))
+        if self.restart_every and cfg.zero_stage > 0:
+            raise ValueError("restart_dead_codes_every needs zero_stage 0 (ZeRO 1/2 keep a separate fp32 master "
+                             "copy of the codebook that a restart would not reach)")
+        self.hits: torch.Tensor | None = None
 
     def prepare(self, samples_for_text) -> None:
         d = dict(self.cfg.model)
@@ -172,8 +178,34 @@ class TokenizerTask:
         images = pil_to_tensor([s["image"] for s in samples]).to(next(model.parameters()).device)
         continuous = bool(torch.rand((), generator=generator) < 0.5)
         out = model.loss(images.to(next(model.parameters()).dtype), continuous=continuous)
-        metrics = {"recon": float(out["recon"]), "vq": float(out["vq"]), "usage": float(out["usages"])}
+        if self.restart_every:
+            counts = torch.bincount(torch.cat([i.flatten() for i in out["indices"]]), minlength=model.config.vocab_size)
+            self.hits = counts if self.hits is None else self.hits + counts
+        metrics = {"recon": float(out["recon"].detach()), "vq": float(out["vq"].detach()),
+                   "usage": float(out["usages"])}
         return out["loss"], metrics, len(samples)
+
+    @torch.no_grad()
+    def after_step(self, model: HARTTokenizer, step: int, generator: torch.Generator) -> dict:
+        """Every `restart_dead_codes_every` steps, codes no rank used since the last restart become
+        jittered copies of used ones (chosen in proportion to use), so the codebook keeps splitting
+        its busiest codes instead of collapsing. Same hits and generator on every rank -> same result."""
+        if not self.restart_every or (step + 1) % self.restart_every or self.hits is None:
+            return {}
+        import torch.distributed as dist
+
+        hits = self.hits.to(torch.float64)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(hits)
+        self.hits = None
+        dead = (hits == 0).nonzero().flatten()
+        if len(dead) == 0 or hits.sum() == 0:
+            return {"dead_codes": 0.0}
+        book = model.quantize.embedding.weight
+        src = torch.multinomial(hits.float().cpu(), len(dead), replacement=True, generator=generator)
+        jitter = 1 + 0.05 * torch.randn(len(dead), book.shape[1], generator=generator)
+        book.data[dead.to(book.device)] = book.data[src.to(book.device)] * jitter.to(book.device, book.dtype)
+        return {"dead_codes": float(len(dead))}
 
     @torch.no_grad()
     def samples(self, model: HARTTokenizer, prompts, path: Path, write: bool) -> None:

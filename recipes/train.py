@@ -231,6 +231,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
                 counts[k] = counts.get(k, 0.0) + weight
             n_samples += len(samples) if weight else 0
             n_tokens += tokens if weight else 0
+        if hasattr(task, "after_step"):  # e.g. dead-code restarts; same generator on every rank
+            g = micro_generator(cfg.seed, step, 10**6, torch.device("cpu"))
+            for k, v in task.after_step(engine.module, step, g).items():
+                sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0.0) + 1
         if ema is not None:
             ema.update()
         dt = time.perf_counter() - t0
