@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="runs/default", help="working folder (default runs/default)")
     parser.add_argument("--shapes", type=int, default=20000, help="Shapes World training scenes")
     parser.add_argument("--eval-n", type=int, default=200)
+    parser.add_argument("--ranks", type=int, default=1, help="data-parallel processes for the unified stage "
+                        "(torch.distributed.run; 2 on a 2-core CPU with one thread each is faster than 1 x 2)")
     parser.add_argument("--install", action="store_true", help=f"copy the result to {INSTALL_DIR}")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both trainers")
     args = parser.parse_args(argv)
@@ -56,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         run([py, "-m", "recipes.train", str(CONFIGS / "shapes_tokenizer.yaml"), mix % (0.7, 0.3), *args.overrides,
              *(["--resume"] if (work / "tokenizer" / "checkpoints" / "latest").is_file() else [])], work)
     if not (work / "unified" / "final" / "config.json").is_file():
-        run([py, "-m", "recipes.train", str(CONFIGS / "shapes_unified.yaml"), mix % (0.75, 0.25), *args.overrides,
+        launcher = [py, "-m", "recipes.train"] if args.ranks == 1 else [
+            py, "-m", "torch.distributed.run", f"--nproc_per_node={args.ranks}", "-m", "recipes.train"]
+        if args.ranks > 1:
+            os.environ["OMP_NUM_THREADS"] = "1"
+        run([*launcher, str(CONFIGS / "shapes_unified.yaml"), mix % (0.75, 0.25), *args.overrides,
              *(["--resume"] if (work / "unified" / "checkpoints" / "latest").is_file() else [])], work)
     run([py, "-m", "recipes.eval.evaluate", "unified/final", "--out", "eval.json", "--n", str(args.eval_n)], work)
     if args.install:
