@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from recipes.machine import cpu_model
+
 # runnable as `python benchmarks/bench_t2i.py` from the repository root without installing
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -62,16 +64,6 @@ CONFIGS = {"debug": debug_configs, "small": small_configs, "official": official_
 
 
 # -- environment -----------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(device: torch.device) -> str:

@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from recipes.machine import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "configs" / "unified_debug.yaml"
 MIB = 2**20
@@ -62,16 +64,6 @@ MODELS = {
 
 
 # -- environment -----------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def version(package: str) -> str:

@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,13 @@ def parity_dir(name: str) -> Path:
 @pytest.fixture(params=FIXTURES)
 def fixture_dir(request) -> Path:
     return parity_dir(request.param)
+
+
+def copy_official(dst: Path, name: str = "hart_tiny_a") -> Path:
+    """Writable copy of a released-layout fixture (llm/ + tokenizer/; the fixture files are read-only)."""
+    src = parity_dir(name)
+    for sub in ("llm", "tokenizer"):
+        (dst / sub).mkdir(parents=True)
+        for f in (src / sub).iterdir():
+            shutil.copyfile(f, dst / sub / f.name)
+    return dst

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,20 +24,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from recipes.machine import cpu_model
+
 
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 @torch.no_grad()
@@ -107,7 +98,7 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float = 3.0, seed: 
     out["digits_caption"] = {"accuracy": float(np.mean(right)), "n": len(test)}
     bar.update()
     out["speed"] = {"images_per_s": len(prompts) / t2i_time, "captions_per_s": len(samples) / caption_time,
-                    "batch_size": batch_size, "device": str(model.device), "cpu": _cpu_name(),
+                    "batch_size": batch_size, "device": str(model.device), "cpu": cpu_model(),
                     "torch_threads": torch.get_num_threads()}
     out["settings"] = {"n": n, "cfg": cfg, "seed": seed, "image_size": size}
     out["examples"] = [{"prompt": p, "score": s} for p, s in zip(prompts[:5], per[:5], strict=True)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,7 @@ from hart_core.checkpoint import CheckpointError, read_config, read_weights, sav
 from hart_core.pipeline import HARTPipeline
 from hart_core.tokenizer import HARTTokenizer
 from hart_core.transformer import HARTTransformer
-from tests.conftest import parity_dir
-
-
-def copy_official(dst: Path, name: str = "hart_tiny_a") -> Path:
-    """Writable copy of a released-layout fixture (llm/ + tokenizer/; the fixture files are read-only)."""
-    src = parity_dir(name)
-    for sub in ("llm", "tokenizer"):
-        (dst / sub).mkdir(parents=True)
-        for f in (src / sub).iterdir():
-            shutil.copyfile(f, dst / sub / f.name)
-    return dst
+from tests.conftest import copy_official
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from safetensors.torch import load_file
 from hart_core.debug import byte_level_tokenizer, debug_pipeline, tiny_qwen2
 from hart_core.pipeline import HARTPipeline
 from hart_core.text_encoder import TextEncoder
-from tests.conftest import parity_dir
+from tests.conftest import copy_official
 
 PROMPTS = ["a lemur", "soup bowl", "snow"]  # the debug context holds 16 bytes
 
@@ -25,16 +24,6 @@ def pipe() -> HARTPipeline:
 def _run(pipe: HARTPipeline, prompts=PROMPTS, **kwargs) -> torch.Tensor:
     kwargs.setdefault("seed", 0)
     return pipe(prompts, progress=False, **kwargs)
-
-
-def copy_official(dst: Path, name: str = "hart_tiny_a") -> Path:
-    """Writable copy of a released-layout fixture (llm/ + tokenizer/; the fixture files are read-only)."""
-    src = parity_dir(name)
-    for sub in ("llm", "tokenizer"):
-        (dst / sub).mkdir(parents=True)
-        for f in (src / sub).iterdir():
-            shutil.copyfile(f, dst / sub / f.name)
-    return dst
 
 
 def test_images_shape_and_range(pipe):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,19 +13,9 @@ from PIL import Image
 from hart_core.debug import byte_level_tokenizer, tiny_qwen2
 from hart_core.pipeline import HARTPipeline
 from recipes.cli import EXIT_BAD_INPUT, build_parser, main
-from tests.conftest import parity_dir
+from tests.conftest import copy_official
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def copy_official(dst: Path, name: str = "hart_tiny_a") -> Path:
-    """Writable copy of a released-layout fixture (llm/ + tokenizer/; the fixture files are read-only)."""
-    src = parity_dir(name)
-    for sub in ("llm", "tokenizer"):
-        (dst / sub).mkdir(parents=True)
-        for f in (src / sub).iterdir():
-            shutil.copyfile(f, dst / sub / f.name)
-    return dst
 
 
 def _png(path: Path) -> np.ndarray:
