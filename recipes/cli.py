@@ -235,7 +235,7 @@ DEMO_PROMPTS = [
     "a red circle in the top left",
     "a blue square in the center",
     "a green triangle at the bottom",
-    "a yellow circle and a purple square",
+    "a yellow circle in the top right and a purple square at the bottom",
     "the digit 3",
     "the digit 7",
 ]

@@ -26,7 +26,8 @@ INSTALL_DIR = Path(__file__).resolve().parent / "pretrained" / "shapes"
 
 def run(cmd: list[str], cwd: Path) -> None:
     print("$", " ".join(cmd), flush=True)
-    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+    # PYTHONSAFEPATH: the working folder holds a run folder named `unified`, which must not shadow the package
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "PYTHONSAFEPATH": "1"}
     subprocess.run(cmd, cwd=cwd, env=env, check=True)
 
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         run([*launcher, str(CONFIGS / "shapes_unified.yaml"), mix % (0.75, 0.25), *args.overrides,
              *(["--resume"] if (work / "unified" / "checkpoints" / "latest").is_file() else [])], work)
     run([py, "-m", "recipes.eval.evaluate", "unified/final", "--out", "eval.json", "--n", str(args.eval_n)], work)
+    print((work / "eval.json").read_text())
     if args.install:
         if INSTALL_DIR.exists():
             shutil.rmtree(INSTALL_DIR)

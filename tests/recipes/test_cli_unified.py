@@ -97,3 +97,15 @@ def test_eval_runs_end_to_end_on_a_32px_model(tmp_path, capsys):
     assert results["digits_t2i"]["classifier_heldout_accuracy"] > 0.93
     assert results["speed"]["images_per_s"] > 0
     assert "Shapes text-to-image" in capsys.readouterr().out
+
+
+def test_the_shipped_default_model_runs(tmp_path, image_file, capsys):
+    """Without --model the commands use recipes/pretrained/shapes (committed with its eval.json)."""
+    from recipes.cli import DEFAULT_MODEL
+
+    assert (DEFAULT_MODEL / "eval.json").is_file()
+    assert main(["caption", str(image_file)]) == 0
+    assert capsys.readouterr().out.startswith(f"{image_file}\t")
+    assert main(["generate", "--prompt", "a red circle in the top left", "--out", str(tmp_path / "g.png"),
+                 "--quiet"]) == 0
+    assert Image.open(tmp_path / "g.png").size == (32, 32)
