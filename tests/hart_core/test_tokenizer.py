@@ -147,7 +147,8 @@ def test_frozen_like_official_then_gradients_flow():
     assert tok.quantize.embedding.weight.grad.abs().sum() > 0
     assert tok.quantize.quant_resi.qresi_ls[0].weight.grad.abs().sum() > 0
     assert tok.encoder.conv_in.weight.grad.abs().sum() > 0
-    assert set(res) == {"loss", "recon", "vq", "out", "usages"}
+    assert set(res) == {"loss", "recon", "vq", "out", "usages", "indices"}
+    assert [i.shape[1] for i in res["indices"]] == [p * p for p in tok.config.v_patch_nums]
     assert 0 < res["usages"] <= 100
 
 
