@@ -214,6 +214,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .eval.evaluate import evaluate, table
 
+    try:
+        import sklearn  # noqa: F401  (the digits judge)
+    except ImportError:
+        raise ValueError("hart-unified eval needs scikit-learn: pip install -e '.[train]'") from None
     model = _load_unified(args)
     results = evaluate(model, n=args.n, batch_size=args.batch_size, cfg=args.cfg, seed=args.seed,
                        progress=not args.quiet)
