@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -434,10 +433,6 @@ class UnifiedModel(nn.Module):
         load_checked(model, read_weights(folder, prefer_ema=False), str(folder))
         return model.eval()
 
-    def describe(self) -> str:
-        n = sum(p.numel() for p in self.parameters())
-        return json.dumps({"backbone": self.backbone.config.model_type, "parameters": n,
-                           "modalities": list(self.codecs)})
 
 
 class _Decoder:

@@ -59,7 +59,6 @@ class ItemLayout:
 @dataclass
 class SequenceBatch:
     text_ids: torch.Tensor  # [B, L] long (pad id where not text)
-    is_text: torch.Tensor  # [B, L] bool
     valid: torch.Tensor  # [B, L] bool, False on padding
     block: torch.Tensor  # [B, L] long, attention block ids (-1 on padding)
     positions: torch.Tensor  # [B, L, 3] float
@@ -72,7 +71,7 @@ class SequenceBatch:
         return attention_mask(self.block, self.valid, self.block, self.valid)
 
     def to(self, device) -> SequenceBatch:
-        for name in ("text_ids", "is_text", "valid", "block", "positions", "text_targets", "next_position",
+        for name in ("text_ids", "valid", "block", "positions", "text_targets", "next_position",
                      "next_block"):
             value = getattr(self, name)
             if value is not None:
@@ -127,7 +126,6 @@ class SequenceBuilder:
         L = max(len(r["ids"]) for r in per_row)
         B = len(rows)
         text_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        is_text = torch.zeros(B, L, dtype=torch.bool)
         valid = torch.zeros(B, L, dtype=torch.bool)
         block = torch.full((B, L), -1, dtype=torch.long)
         positions = torch.zeros(B, L, 3)
@@ -138,7 +136,6 @@ class SequenceBuilder:
             off = L - n if pad_side == "left" else 0
             sl = slice(off, off + n)
             text_ids[b, sl] = torch.tensor(r["ids"], dtype=torch.long)
-            is_text[b, sl] = torch.tensor(r["is_text"])
             valid[b, sl] = True
             block[b, sl] = torch.tensor(r["block"])
             positions[b, sl] = torch.stack(r["positions"]) if n else positions[b, sl]
@@ -146,13 +143,13 @@ class SequenceBuilder:
             for start, sizes, seg in r["items"]:
                 items.append(ItemLayout(seg.modality, b, off + start, sizes, seg))
         return SequenceBatch(
-            text_ids, is_text, valid, block, positions, targets, items,
+            text_ids, valid, block, positions, targets, items,
             next_position=torch.tensor([r["next_position"] for r in per_row], dtype=torch.float),
             next_block=torch.tensor([r["next_block"] for r in per_row], dtype=torch.long),
         )
 
     def _layout(self, row: list[Text | Item]) -> dict:
-        ids, is_text, block, positions, targets, items = [], [], [], [], [], []
+        ids, block, positions, targets, items = [], [], [], [], []
         p, b = 0.0, 0
         for seg in row:
             if isinstance(seg, Text):
@@ -160,7 +157,6 @@ class SequenceBuilder:
                     if seg.loss and ids:
                         targets[-1] = tok  # the previous position predicts this token
                     ids.append(tok)
-                    is_text.append(True)
                     block.append(b)
                     positions.append(torch.full((3,), p))
                     targets.append(IGNORE)
@@ -175,12 +171,11 @@ class SequenceBuilder:
                     grid = grids[min(k, len(grids) - 1)]
                     positions.extend(group_positions(grid, grids[-1], p).unbind(0))
                     ids.extend([self.pad_id] * n)
-                    is_text.extend([False] * n)
                     block.extend([b] * n)
                     targets.extend([IGNORE] * n)
                     b += 1
                 p += item_extent(grids)
             else:
                 raise TypeError(f"unknown segment {seg!r}")
-        return dict(ids=ids, is_text=is_text, block=block, positions=positions, targets=targets, items=items,
+        return dict(ids=ids, block=block, positions=positions, targets=targets, items=items,
                     next_position=p, next_block=b)
