@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sampling import cfg_weight, gumbel_softmax, official_top_k, sample_tokens, smooth_tau
+from .sampling import guided_sample, gumbel_softmax, smooth_tau
 from .tokenizer import HARTTokenizer
 from .transformer import HARTTransformer
 
@@ -80,11 +80,8 @@ def generate_latent(
         hidden = transformer.step(cond, si, x, cache)
         if si == 0:
             hidden = hidden[:, -1:]  # scale 0 is predicted from the last context slot
-        logits = transformer.logits(hidden, cond)
-        t = cfg_weight(cfg, si, K)
-        logits = (1 + t) * logits[:B] - t * logits[B:]
-        k = official_top_k(si) if top_k is None else top_k
-        idx, filtered = sample_tokens(logits, min(k, c.vocab_size), top_p, generator)
+        idx, logits, filtered, t = guided_sample(transformer.logits(hidden, cond), si, K, cfg, top_k, top_p,
+                                                 generator)
         if trace is not None:
             trace.logits.append(logits)
             trace.indices.append(idx)

@@ -5,6 +5,8 @@ Every random draw goes through an explicit torch.Generator; nothing touches the 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 
@@ -55,6 +57,33 @@ def sample_tokens(
     probs = filtered.float().softmax(dim=-1).view(-1, V)
     idx = torch.multinomial(probs, 1, generator=generator).view(B, n)
     return idx, filtered
+
+
+class GuidedSample(NamedTuple):
+    indices: torch.Tensor  # [B, l]
+    logits: torch.Tensor  # guided logits [B, l, V]
+    filtered: torch.Tensor  # the guided logits after top-k / top-p
+    weight: float  # the guidance weight t of this scale
+
+
+def guided_sample(
+    logits: torch.Tensor,
+    scale: int,
+    num_scales: int,
+    cfg: float,
+    top_k: int | None = None,
+    top_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> GuidedSample:
+    """One scale of next-scale sampling with classifier-free guidance, shared by HART's and the
+    unified model's loops. logits [2B, l, V]: the conditional stream, then the unconditional one.
+    top_k=None follows the released sampler."""
+    B, V = logits.shape[0] // 2, logits.shape[-1]
+    t = cfg_weight(cfg, scale, num_scales)
+    guided = (1 + t) * logits[:B] - t * logits[B:]
+    k = official_top_k(scale) if top_k is None else top_k
+    idx, filtered = sample_tokens(guided, min(k, V), top_p, generator)
+    return GuidedSample(idx, guided, filtered, t)
 
 
 def gumbel_softmax(

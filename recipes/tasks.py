@@ -3,6 +3,7 @@ micro-batch of decoded samples into a loss, writes sample grids, and exports a m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -41,8 +42,8 @@ class UnifiedTask:
 
     model settings (`cfg.model`): backbone (a transformers config dict, or a local LLM folder),
     codec ("debug" or a codec / released HART tokenizer folder), text_tokenizer (a folder; default:
-    trained on the data's texts), head (HeadConfig fields), and UnifiedConfig fields (loss weights,
-    caption_dropout, diffusion_token, max_length).
+    trained on the data's texts), head (HeadConfig fields), and UnifiedConfig fields (loss weights and
+    token_loss_weighting, caption_dropout, diffusion_token, max_length).
     """
 
     name = "unified"
@@ -80,8 +81,8 @@ class UnifiedTask:
         m = self.cfg.model
         text = TextTokenizer.from_pretrained(self.artifacts / "text_tokenizer")
         codec = load_codec(self.artifacts / "codec")
-        unified_kwargs = {k: m[k] for k in ("text_loss_weight", "token_loss_weight", "diffusion_loss_weight",
-                                            "caption_dropout", "diffusion_token", "max_length") if k in m}
+        settings = {f.name for f in dataclasses.fields(UnifiedConfig)} - {"backbone", "heads"}
+        unified_kwargs = {k: m[k] for k in settings if k in m}
         head = HeadConfig(modality="image", **m.get("head", {}))
         backbone = m.get("backbone")
         if backbone is None:

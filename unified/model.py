@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from hart_core.checkpoint import CheckpointError, load_checked, read_config, read_weights, save_folder
 from hart_core.quantizer import HybridTokens
-from hart_core.sampling import cfg_weight, official_top_k, sample_tokens
+from hart_core.sampling import guided_sample, sample_tokens
 from modalities import ModalityCodec, TextTokenizer, load_codec
 
 from .backbone import Backbone
@@ -37,6 +37,9 @@ class UnifiedConfig:
     heads: list[HeadConfig] = field(default_factory=lambda: [HeadConfig()])
     text_loss_weight: float = 1.0
     token_loss_weight: float = 1.0
+    # "token": every code of an item counts the same (HART, VAR); "scale": every scale counts the same,
+    # so the few coarse codes that fix layout and colour are not outweighed by the many fine ones
+    token_loss_weighting: str = "token"
     diffusion_loss_weight: float = 1.0
     caption_dropout: float = 0.1  # classifier-free guidance: train text-to-image without the caption
     diffusion_token: str = "sampled"  # residual target relative to the sampled or the ground-truth code
@@ -93,6 +96,8 @@ class UnifiedModel(nn.Module):
         if self.backbone.embed_tokens.num_embeddings < text_tokenizer.vocab_size:
             self.backbone.resize_vocab(text_tokenizer.vocab_size)
         self.config.backbone = self.backbone.config.to_dict()
+        if config.token_loss_weighting not in ("token", "scale"):
+            raise ValueError(f"token_loss_weighting must be 'token' or 'scale', not {config.token_loss_weighting!r}")
         missing = {h.modality for h in config.heads} - set(codecs)
         if missing:
             raise ValueError(f"heads configured for {sorted(missing)} but no codec given for them")
@@ -189,7 +194,9 @@ class UnifiedModel(nn.Module):
             tokens = cat_tokens([it.segment.tokens for it in items]).to(self.device) if items else None
             inputs = self.item_inputs(modality, tokens)
             for i, it in enumerate(items):
-                x[it.row, it.start : it.start + it.length] = inputs[i, : it.length].to(x.dtype)
+                # a read-only item is its last group alone (the complete latent)
+                part = inputs[i, : it.length] if it.segment.scale_groups else inputs[i, -it.length :]
+                x[it.row, it.start : it.start + it.length] = part.to(x.dtype)
         return x
 
     def item_inputs(self, modality: str, tokens: HybridTokens | None) -> torch.Tensor:
@@ -253,6 +260,8 @@ class UnifiedModel(nn.Module):
             residual = None
         logits = head.logits(h)
         ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # [N, L]
+        if self.config.token_loss_weighting == "scale":
+            ce = torch.stack([part.mean() for part in ce.split(list(n), dim=1)])
         out = {"ce": ce.mean() * float(present)}
         if present:
             with torch.no_grad():
@@ -318,11 +327,7 @@ class UnifiedModel(nn.Module):
             pos = torch.stack([group_positions(codec.grids[si], codec.grids[-1], float(p))
                                for p in state.next_position.tolist()]).to(self.device)
             hidden = state.step(inputs, pos, same_block=True)
-            logits = head.logits(hidden)
-            t = cfg_weight(cfg, si, K)
-            logits = (1 + t) * logits[:B] - t * logits[B:]
-            k = official_top_k(si) if top_k is None else top_k
-            idx, _ = sample_tokens(logits, min(k, codec.codebook_size), top_p, gen)
+            idx, _, _, t = guided_sample(head.logits(hidden), si, K, cfg, top_k, top_p, gen)
             indices.append(idx)
             codes = codec.codebook[idx].float()
             if si == K - 1 and use_residual:

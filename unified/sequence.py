@@ -1,10 +1,12 @@
 """The sequence format: text and modality items in one token stream, by one rule for every modality.
 
 A row is a list of segments: `Text` (token ids) and `Item` (an image now; a video or audio clip later).
-An item of K scales occupies K groups of positions (scale k's group predicts scale k's codes; its
-input is the start embedding for k = 0, else the downsampled latent after scales < k), plus, when
-something reads the item afterwards (`full=True`), one more group holding the complete latent, so
-text after an image sees all of it.
+An item the model writes (`loss=True`, or generated) of K scales occupies K groups of positions
+(scale k's group predicts scale k's codes; its input is the start embedding for k = 0, else the
+downsampled latent after scales < k), plus, when something reads the item afterwards (`full=True`),
+one more group holding the complete latent, so text after an image sees all of it. An item that is
+only read (a caption's or a question's image) is that one latent group: its scale groups would
+predict nothing and hold nothing the complete latent lacks, and they are 2/3 of a 32px caption row.
 
 Every position gets:
 - a block id: attention is allowed from a query to a key whose block id is <= its own. Text tokens
@@ -39,6 +41,11 @@ class Item:
     tokens: HybridTokens | None = None  # one row; None while it is being generated
     loss: bool = False  # train the model to produce this item
     full: bool = False  # append the complete latent as a last group (something reads the item)
+
+    @property
+    def scale_groups(self) -> bool:
+        """Whether the item lays out its K scale groups: only when the model writes it."""
+        return self.loss or not self.full
 
 
 @dataclass
@@ -115,9 +122,9 @@ class SequenceBuilder:
         self.grids = grids
         self.pad_id = pad_id
 
-    def group_sizes(self, modality: str, full: bool) -> tuple[int, ...]:
+    def group_sizes(self, modality: str, item: Item) -> tuple[int, ...]:
         sizes = tuple(int(torch.tensor(g).prod()) for g in self.grids[modality])
-        return sizes + ((sizes[-1],) if full else ())
+        return (sizes if item.scale_groups else ()) + ((sizes[-1],) if item.full else ())
 
     def build(self, rows: list[list[Text | Item]], pad_side: str = "right") -> SequenceBatch:
         if pad_side not in ("left", "right"):
@@ -165,9 +172,10 @@ class SequenceBuilder:
                 if seg.modality not in self.grids:
                     raise ValueError(f"no codec for modality {seg.modality!r} (known: {sorted(self.grids)})")
                 grids = self.grids[seg.modality]
-                sizes = self.group_sizes(seg.modality, seg.full)
+                sizes = self.group_sizes(seg.modality, seg)
                 items.append((len(ids), sizes, seg))
-                for k, n in enumerate(sizes):
+                first = 0 if seg.scale_groups else len(grids)
+                for k, n in enumerate(sizes, start=first):
                     grid = grids[min(k, len(grids) - 1)]
                     positions.extend(group_positions(grid, grids[-1], p).unbind(0))
                     ids.extend([self.pad_id] * n)

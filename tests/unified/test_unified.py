@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from modalities import TextTokenizer, debug_image_codec
@@ -211,26 +212,64 @@ def test_bad_inputs(tmp_path, model):
         UnifiedModel.from_pretrained(tmp_path / "nope")
 
 
+@pytest.mark.parametrize("weighting", ["token", "scale"])
+def test_token_loss_weighting(weighting):
+    """"token" averages the code CE over all codes of an item; "scale" averages each scale first."""
+    model = tiny_model()
+    model.config.token_loss_weighting = weighting
+    model.config.caption_dropout = 0.0
+    images, tokens = images_and_tokens(model)
+    examples = [Example("t2i", t, name) for t, name in zip(split_tokens(tokens), SHAPES, strict=True)]
+    batch = model.training_batch(examples, torch.Generator().manual_seed(0))
+    losses = model(batch, torch.Generator().manual_seed(0))
+    hidden = model.backbone(model.embed(batch), batch.positions, batch.attention_mask())
+    n = model.codecs["image"].tokens_per_scale
+    h = torch.stack([hidden[it.row, it.start : it.start + sum(n)] for it in batch.items])
+    ce = F.cross_entropy(model.heads["image"].logits(h).transpose(1, 2), torch.cat(tokens.indices, 1),
+                         reduction="none")
+    expected = ce.mean() if weighting == "token" else torch.stack([c.mean() for c in ce.split(list(n), 1)]).mean()
+    assert torch.allclose(losses["token_ce"], expected, atol=1e-6)
+    if weighting == "scale":  # the two differ, or the option would do nothing
+        assert not torch.allclose(expected, ce.mean(), atol=1e-4)
+    model.config.token_loss_weighting = "codes"
+    with pytest.raises(ValueError, match="token_loss_weighting"):
+        UnifiedModel(model.config, model.text, model.codecs)
+
+
 def test_sequence_layout_positions_and_blocks(model):
-    """Image cells sit on the final grid after the text; text after an item continues past it."""
+    """Image cells sit on the final grid after the text; text after an item continues past it. An
+    image the model writes has its scale groups; an image it only reads is its complete latent."""
     _, tokens = images_and_tokens(model)
-    row = model.row("caption", split_tokens(tokens)[0], "a red circle")
-    batch = model.builder.build([row])
-    item = batch.items[0]
-    pos, block = batch.positions[0], batch.block[0]
-    p0 = 2  # <bos> <boi>
+    one = split_tokens(tokens)[0]
     grids = model.codecs["image"].grids
-    assert item.start == 2 and item.group_sizes == (1, 4, 9, 16, 16)
+    G = grids[-1][0]
+
+    written = model.builder.build([model.row("t2i", one, "a red circle")])
+    item, pos, block = written.items[0], written.positions[0], written.block[0]
+    p0 = item.start  # <bos> caption <boi>
+    assert item.group_sizes == (1, 4, 9, 16)
     assert torch.equal(pos[item.start], torch.tensor([p0, p0, p0], dtype=torch.float))  # scale 0: one cell
     # scale 1 (2x2) is stretched to the 4x4 grid: rows/cols 0 and 2
     s1 = pos[item.start + 1 : item.start + 5]
     assert s1[:, 1].tolist() == [p0, p0, p0 + 2, p0 + 2] and s1[:, 2].tolist() == [p0, p0 + 2, p0, p0 + 2]
+    assert len(set(block[item.start + 1 : item.start + 5].tolist())) == 1  # one block per scale group
+    assert block[item.start + 5] == block[item.start + 4] + 1
+
+    row = model.row("caption", one, "a red circle")
+    read = model.builder.build([row])
+    item, pos, block = read.items[0], read.positions[0], read.block[0]
+    assert isinstance(row[1], Item) and row[1].full and not row[1].scale_groups
+    assert item.start == 2 and item.group_sizes == (G * G,)  # <bos> <boi>, then the latent alone
+    assert pos[2 : 2 + G * G, 1].tolist() == [2 + r for r in range(G) for _ in range(G)]
+    assert len(set(block[2 : 2 + G * G].tolist())) == 1
     after = item.start + item.length
-    assert pos[after].tolist() == [p0 + grids[-1][0]] * 3  # <eoi>
-    # one block per scale group, causal text around it
-    assert len(set(block[item.start + 1 : item.start + 5].tolist())) == 1
+    assert pos[after].tolist() == [2 + G] * 3  # <eoi>
     assert block[after] == block[after - 1] + 1
-    assert isinstance(row[1], Item) and row[1].full
+    # the latent group's inputs are the complete latent's, as in a written item followed by a reader
+    both = model.builder.build([[model.row("t2i", one, "a red circle")[0], Item("image", one, loss=True, full=True)]])
+    x_both, x_read = model.embed(both.to(model.device)), model.embed(read.to(model.device))
+    last = both.items[0].start + both.items[0].length
+    assert torch.allclose(x_both[0, last - G * G : last], x_read[0, 2 : 2 + G * G])
 
 
 def test_build_from_a_local_pretrained_llm_and_hf_tokenizer(tmp_path):
