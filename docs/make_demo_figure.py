@@ -27,7 +27,7 @@ def main() -> None:
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parents[1] / "recipes" / "pretrained" / "shapes"
     model = UnifiedModel.from_pretrained(folder).eval()
     steps: list[torch.Tensor] = []
-    images = model.generate_image(PROMPTS, cfg=3.0, seed=0, callback=lambda k, n, img: steps.append(img))
+    images = model.generate_image(PROMPTS, seed=0, callback=lambda k, n, img: steps.append(img))
     captions = model.caption(images, max_new_tokens=40)
     label_h, cell = 52, 32 * 4
     K = len(steps)

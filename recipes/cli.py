@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompts-file", help="text file with one prompt per line")
     gen.add_argument("--out", default="image.png", help="output PNG; several prompts give OUT_000.png, ...")
     gen.add_argument("--previews", action="store_true", help="also write OUT_scales.png: every scale, coarse to fine")
-    gen.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3.0)")
+    gen.add_argument("--cfg", type=float, default=None,
+                     help="classifier-free guidance scale (default: the model's own, default_cfg in its config.json)")
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=8)
@@ -311,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     _unified_args(demo)
     demo.add_argument("--out", default="demo", help="output folder (default ./demo)")
     demo.add_argument("--prompt", action="append", help="replace the built-in prompts")
-    demo.add_argument("--cfg", type=float, default=3.0)
+    demo.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's default_cfg)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
 
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="write the results as JSON here")
     ev.add_argument("--n", type=int, default=200, help="prompts / images per measurement (default 200)")
     ev.add_argument("--batch-size", type=int, default=32)
-    ev.add_argument("--cfg", type=float, default=3.0)
+    ev.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's default_cfg)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)

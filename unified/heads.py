@@ -3,8 +3,8 @@
 In: scale 0 reads a learned start embedding; scale k > 0 reads `word_embed` of the downsampled
 latent after scales < k (VAR/HART); the optional last group reads the complete latent. Each input
 gets a scale embedding and the modality's own embedding.
-Out: codebook logits per scale, and at the last scale the residual diffusion head conditioned on
-z = norm(h + word_embed(e(code))), as in HART.
+Out: codebook logits per scale (optionally plus a term tied to the codebook's latents), and at the
+last scale the residual diffusion head conditioned on z = norm(h + word_embed(e(code))), as in HART.
 
 A new modality registers a head class here (or reuses `ModalityHead`) and a codec in `modalities/`;
 the backbone and the generation loop stay as they are.
@@ -39,6 +39,9 @@ class HeadConfig:
     diff_depth: int = 3
     num_sampling_steps: str = "8"
     diffusion_batch_mul: int = 4
+    # add to the free per-code logits a score tied to the codebook, (W h) . e_k: codes whose latents
+    # are alike get alike logits, so what is learned about one code carries over to its neighbours
+    codebook_logits: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +64,7 @@ class ModalityHead(nn.Module):
             nn.init.normal_(table.weight, std=0.02)
         nn.init.zeros_(self.modality_embed.weight)
         self.head = nn.Linear(hidden, codebook_size)
+        self.code_query = nn.Linear(hidden, latent_dim, bias=False) if config.codebook_logits else None
         self.cond_norm = RMSNorm(hidden, norm_eps)
         self.diffusion = ResidualDiffusionHead(
             target_channels=latent_dim, z_channels=hidden, width=config.diff_width, depth=config.diff_depth,
@@ -75,8 +79,12 @@ class ModalityHead(nn.Module):
             return (self.start(zero) + extra).expand(batch, n, -1)
         return self.word_embed(latent_tokens.to(self.word_embed.weight.dtype)) + extra
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden).float()
+    def logits(self, hidden: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        """Code logits [..., V] from hidden states [..., D]; codebook [V, latent_dim] is the codec's."""
+        logits = self.head(hidden).float()
+        if self.code_query is not None:
+            logits = logits + self.code_query(hidden).float() @ codebook.float().T
+        return logits
 
     def diffusion_condition(self, hidden: torch.Tensor, code_embeddings: torch.Tensor) -> torch.Tensor:
         return self.cond_norm(hidden + self.word_embed(code_embeddings.to(hidden.dtype)))

@@ -2,7 +2,7 @@
 
     model = UnifiedModel.build(text_tokenizer, {"image": image_codec}, backbone=qwen2_config_dict)
     losses = model(model.training_batch(examples, generator))          # text CE + per-scale CE + diffusion
-    images = model.generate_image(["a red circle"], cfg=3.0, seed=0)   # [B, 3, H, W] in [0, 1]
+    images = model.generate_image(["a red circle"], seed=0)            # [B, 3, H, W] in [0, 1]
     texts = model.caption(images)                                     # ["a red circle"]
     model.save_pretrained("my-model"); UnifiedModel.from_pretrained("my-model")
 """
@@ -42,6 +42,7 @@ class UnifiedConfig:
     token_loss_weighting: str = "token"
     diffusion_loss_weight: float = 1.0
     caption_dropout: float = 0.1  # classifier-free guidance: train text-to-image without the caption
+    default_cfg: float = 3.0  # guidance scale generate_image uses when none is given (a model's own best)
     diffusion_token: str = "sampled"  # residual target relative to the sampled or the ground-truth code
     max_length: int = 2048
 
@@ -258,7 +259,7 @@ class UnifiedModel(nn.Module):
             h = hidden.new_zeros(1, L, hidden.shape[-1])
             target = torch.zeros(1, L, dtype=torch.long, device=hidden.device)
             residual = None
-        logits = head.logits(h)
+        logits = head.logits(h, codec.codebook)
         ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # [N, L]
         if self.config.token_loss_weighting == "scale":
             ce = torch.stack([part.mean() for part in ce.split(list(n), dim=1)])
@@ -297,7 +298,7 @@ class UnifiedModel(nn.Module):
         self,
         prompts: list[str],
         *,
-        cfg: float = 3.0,
+        cfg: float | None = None,
         top_k: int | None = None,
         top_p: float = 0.0,
         seed: int | None = 0,
@@ -308,7 +309,9 @@ class UnifiedModel(nn.Module):
         use_cache: bool = True,
     ):
         """Images [B, ...] in [0, 1] (the codec's decode) for B prompts, scale by scale with a KV cache
-        and a batched unconditional stream (same item after an empty prompt) for CFG."""
+        and a batched unconditional stream (same item after an empty prompt) for CFG. cfg=None uses
+        the model's `default_cfg`."""
+        cfg = self.config.default_cfg if cfg is None else cfg
         if isinstance(prompts, str):
             prompts = [prompts]
         codec, head = self.codecs[modality], self.heads[modality]
@@ -327,7 +330,7 @@ class UnifiedModel(nn.Module):
             pos = torch.stack([group_positions(codec.grids[si], codec.grids[-1], float(p))
                                for p in state.next_position.tolist()]).to(self.device)
             hidden = state.step(inputs, pos, same_block=True)
-            idx, _, _, t = guided_sample(head.logits(hidden), si, K, cfg, top_k, top_p, gen)
+            idx, _, _, t = guided_sample(head.logits(hidden, codec.codebook), si, K, cfg, top_k, top_p, gen)
             indices.append(idx)
             codes = codec.codebook[idx].float()
             if si == K - 1 and use_residual:

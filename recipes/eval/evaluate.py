@@ -33,7 +33,7 @@ def _batches(items: list, size: int):
 
 
 @torch.no_grad()
-def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float = 3.0, seed: int = 0,
+def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None, seed: int = 0,
              progress: bool = True) -> dict:
     from recipes.data.digits import Digits
     from recipes.data.digits import parse_caption as parse_digit
@@ -42,6 +42,7 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float = 3.0, seed: 
     from recipes.eval.digits_classifier import default_classifier
 
     size = model.codecs["image"].image_size[0]
+    cfg = model.config.default_cfg if cfg is None else cfg
     world = ShapesWorld(seed=0, image_size=size)
     bar = tqdm(total=5, desc="eval", disable=not progress)
     out: dict = {}
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--n", type=int, default=200, help="prompts / images per measurement (default 200)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--cfg", type=float, default=3.0)
+    parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's default_cfg)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)

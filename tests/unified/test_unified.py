@@ -92,6 +92,10 @@ def test_block_causal_mask(model):
     rows = [model.row("t2i", t, "a red circle") for t in split_tokens(tokens)[:2]]
     batch = model.builder.build(rows)
     head, n = model.heads["image"], model.codecs["image"].tokens_per_scale
+
+    def logits(hs):
+        return head.logits(hs, model.codecs["image"].codebook)
+
     with torch.no_grad():
         x = model.embed(batch)
         base = model.backbone(x, batch.positions, batch.attention_mask())
@@ -102,10 +106,10 @@ def test_block_causal_mask(model):
             x2[item.row, item.start + starts[k] : item.start + starts[k + 1]] += 0.5
             h = model.backbone(x2, batch.positions, batch.attention_mask())
             lo, hi = item.start, item.start + starts[k]
-            torch.testing.assert_close(head.logits(h[item.row, lo:hi]), head.logits(base[item.row, lo:hi]),
+            torch.testing.assert_close(logits(h[item.row, lo:hi]), logits(base[item.row, lo:hi]),
                                        rtol=0, atol=1e-6)
             later = slice(item.start + starts[k], item.start + starts[-1])
-            assert (head.logits(h[item.row, later]) - head.logits(base[item.row, later])).abs().max() > 1e-4
+            assert (logits(h[item.row, later]) - logits(base[item.row, later])).abs().max() > 1e-4
             torch.testing.assert_close(h[1 - item.row], base[1 - item.row], rtol=0, atol=0)  # other row untouched
 
 
@@ -137,6 +141,11 @@ def test_generation_is_seeded(model):
                              callback=lambda k, n, img: previews.append((k, n, img)))
     assert [p[0] for p in previews] == list(range(4)) and previews[-1][1] == 4
     torch.testing.assert_close(previews[-1][2], b)
+    # without a cfg the model's own default_cfg is used
+    model.config.default_cfg = 1000.0  # far from 1.0, so the samples must differ
+    c = model.generate_image(["a blue square"], top_k=30, seed=0)
+    assert torch.equal(c, model.generate_image(["a blue square"], cfg=1000.0, top_k=30, seed=0))
+    assert not torch.equal(c, a)
 
 
 def test_learns_both_directions_and_round_trips(tmp_path):
@@ -225,8 +234,8 @@ def test_token_loss_weighting(weighting):
     hidden = model.backbone(model.embed(batch), batch.positions, batch.attention_mask())
     n = model.codecs["image"].tokens_per_scale
     h = torch.stack([hidden[it.row, it.start : it.start + sum(n)] for it in batch.items])
-    ce = F.cross_entropy(model.heads["image"].logits(h).transpose(1, 2), torch.cat(tokens.indices, 1),
-                         reduction="none")
+    logits = model.heads["image"].logits(h, model.codecs["image"].codebook)
+    ce = F.cross_entropy(logits.transpose(1, 2), torch.cat(tokens.indices, 1), reduction="none")
     expected = ce.mean() if weighting == "token" else torch.stack([c.mean() for c in ce.split(list(n), 1)]).mean()
     assert torch.allclose(losses["token_ce"], expected, atol=1e-6)
     if weighting == "scale":  # the two differ, or the option would do nothing
@@ -234,6 +243,31 @@ def test_token_loss_weighting(weighting):
     model.config.token_loss_weighting = "codes"
     with pytest.raises(ValueError, match="token_loss_weighting"):
         UnifiedModel(model.config, model.text, model.codecs)
+
+
+def test_codebook_tied_logits(tmp_path):
+    """With codebook_logits the head adds (W h) . e_k to its free logits: codes with the same latent
+    get the same tied score, and the option survives save/load."""
+    text = TextTokenizer.train(list(SHAPES) * 4, vocab_size=300)
+    torch.manual_seed(0)
+    model = UnifiedModel.build(text, {"image": debug_image_codec(0)}, backbone_config("qwen2", text.vocab_size),
+                               heads=[HeadConfig(diff_width=64, diff_depth=2, codebook_logits=True)]).eval()
+    head, book = model.heads["image"], model.codecs["image"].codebook
+    h = torch.randn(3, 5, model.backbone.hidden_size)
+    expected = head.head(h) + head.code_query(h) @ book.T
+    torch.testing.assert_close(head.logits(h, book), expected)
+    with torch.no_grad():
+        head.head.weight.zero_()
+        head.head.bias.zero_()
+        twin = book.clone()
+        twin[7] = twin[3]
+        tied = head.logits(h, twin)
+    torch.testing.assert_close(tied[..., 7], tied[..., 3])
+    assert (tied[..., 7] - tied[..., 4]).abs().max() > 1e-3
+    model.save_pretrained(tmp_path / "m")
+    again = UnifiedModel.from_pretrained(tmp_path / "m")
+    assert again.heads["image"].code_query is not None
+    torch.testing.assert_close(again.heads["image"].logits(h, book), head.logits(h, book))
 
 
 def test_sequence_layout_positions_and_blocks(model):
