@@ -220,7 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("hart-unified eval needs scikit-learn: pip install -e '.[train]'") from None
     model = _load_unified(args)
     results = evaluate(model, n=args.n, batch_size=args.batch_size, cfg=args.cfg, seed=args.seed,
-                       progress=not args.quiet)
+                       progress=not args.quiet, split=args.split)
     print(table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's default_cfg)")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--split", choices=("heldout", "train"), default="heldout",
+                    help="Shapes World prompts/images: held-out combinations (the benchmark, default) or fresh "
+                         "training-split scenes (for choosing settings such as --cfg)")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
 

@@ -32,9 +32,14 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
+# `split="train"` scenes start here, past every sample `write_shards` draws for training (N <= 1e6): a
+# validation set of the training distribution, for choosing sampling settings without the held-out split
+VALIDATION_START = 1_000_000
+
+
 @torch.no_grad()
 def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None, seed: int = 0,
-             progress: bool = True) -> dict:
+             progress: bool = True, split: str = "heldout") -> dict:
     from recipes.data.digits import Digits
     from recipes.data.digits import parse_caption as parse_digit
     from recipes.data.shapes import ShapesWorld, parse_caption
@@ -48,7 +53,10 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None
     out: dict = {}
 
     # text-to-image prompt adherence on held-out prompts
-    prompts = world.prompts("heldout", n)
+    if split not in ("heldout", "train"):
+        raise ValueError(f"split must be 'heldout' or 'train', not {split!r}")
+    start = VALIDATION_START if split == "train" else 0
+    prompts = world.prompts(split, n, start=start)
     t0 = time.perf_counter()
     images = torch.cat([model.generate_image(b, cfg=cfg, seed=seed + i)
                         for i, b in enumerate(_batches(prompts, batch_size))])
@@ -60,7 +68,7 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None
     bar.update()
 
     # captioning and QA on held-out images
-    samples = [world.heldout(i) for i in range(n)]
+    samples = [world.sample(start + i, split) for i in range(n)]
     t0 = time.perf_counter()
     captions = [c for b in _batches(samples, batch_size)
                 for c in model.caption([s["image"] for s in b], max_new_tokens=40)]
@@ -101,7 +109,7 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None
     out["speed"] = {"images_per_s": len(prompts) / t2i_time, "captions_per_s": len(samples) / caption_time,
                     "batch_size": batch_size, "device": str(model.device), "cpu": cpu_model(),
                     "torch_threads": torch.get_num_threads()}
-    out["settings"] = {"n": n, "cfg": cfg, "seed": seed, "image_size": size}
+    out["settings"] = {"n": n, "cfg": cfg, "seed": seed, "image_size": size, "split": split}
     out["examples"] = [{"prompt": p, "score": s} for p, s in zip(prompts[:5], per[:5], strict=True)]
     out["examples"] += [{"image": s["key"], "caption": c, "truth": s["caption"]}
                         for c, s in zip(captions[:5], samples[:5], strict=True)]
@@ -113,12 +121,13 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None
 def table(results: dict) -> str:
     t = results["shapes_t2i"]
     d = results["digits_t2i"]
+    which = "held-out" if results["settings"].get("split", "heldout") == "heldout" else "training-split"
     rows = [
-        ("Shapes text-to-image, overall (held-out prompts)", t["overall"]),
+        (f"Shapes text-to-image, overall ({which} prompts)", t["overall"]),
         ("  colour / shape / position / count",
          f"{t['colour']:.3f} / {t['shape']:.3f} / {t['position']:.3f} / {t['count']:.3f}"),
-        ("Shapes captioning, exact attributes (held-out images)", results["shapes_caption"]["accuracy"]),
-        ("Shapes QA, exact match (held-out images)", results["shapes_qa"]["exact_match"]),
+        (f"Shapes captioning, exact attributes ({which} images)", results["shapes_caption"]["accuracy"]),
+        (f"Shapes QA, exact match ({which} images)", results["shapes_qa"]["exact_match"]),
         ("Digits text-to-image, classifier accuracy", d["accuracy"]),
         ("  (classifier's own held-out accuracy on real digits)", d["classifier_heldout_accuracy"]),
         ("Digits captioning accuracy (real test digits)", results["digits_caption"]["accuracy"]),
@@ -139,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's default_cfg)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=("heldout", "train"), default="heldout",
+                        help="Shapes World prompts/images: held-out combinations (the benchmark) or fresh "
+                             "training-split scenes (for choosing settings such as --cfg)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     from unified import UnifiedModel
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results = evaluate(model, n=args.n, batch_size=args.batch_size, cfg=args.cfg, seed=args.seed)
+    results = evaluate(model, n=args.n, batch_size=args.batch_size, cfg=args.cfg, seed=args.seed, split=args.split)
     print(table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

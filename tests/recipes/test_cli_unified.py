@@ -96,7 +96,16 @@ def test_eval_runs_end_to_end_on_a_32px_model(tmp_path, capsys):
         assert 0.0 <= results["shapes_t2i"][key] <= 1.0
     assert results["digits_t2i"]["classifier_heldout_accuracy"] > 0.93
     assert results["speed"]["images_per_s"] > 0
-    assert "Shapes text-to-image" in capsys.readouterr().out
+    assert "Shapes text-to-image, overall (held-out prompts)" in capsys.readouterr().out
+    assert results["settings"]["split"] == "heldout" and results["settings"]["cfg"] == 3.0  # the model's default
+    # training-split validation: fresh scenes past every index the training shards use
+    assert main(["eval", "--model", str(tmp_path / "m"), "--n", "4", "--batch-size", "4", "--quiet",
+                 "--split", "train", "--cfg", "1.5", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["settings"]["split"] == "train" and results["settings"]["cfg"] == 1.5
+    keys = [e["image"] for e in results["examples"] if "image" in e]
+    assert keys and all(k.startswith("train_") and int(k.split("_")[1]) >= 1_000_000 for k in keys)
+    assert "training-split prompts" in capsys.readouterr().out
 
 
 def test_the_shipped_default_model_runs(tmp_path, image_file, capsys):
