@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .eval.evaluate import add_arguments as add_eval_arguments
+
 EXIT_BAD_INPUT = 2
 
 
@@ -210,22 +212,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
-    from .eval.evaluate import evaluate, table
+    from .eval.evaluate import run
 
     try:
         import sklearn  # noqa: F401  (the digits judge)
     except ImportError:
         raise ValueError("hart-unified eval needs scikit-learn: pip install -e '.[train]'") from None
-    model = _load_unified(args)
-    results = evaluate(model, n=args.n, batch_size=args.batch_size, cfg=args.cfg, seed=args.seed,
-                       progress=not args.quiet, split=args.split)
-    print(table(results))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-        print(args.out)
-    return 0
+    return run(_load_unified(args), args, progress=not args.quiet)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -320,14 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Evaluate a unified model on held-out Shapes World prompts and images and on "
                                     "real digits; prints a table and writes JSON.")
     _unified_args(ev)
-    ev.add_argument("--out", help="write the results as JSON here")
-    ev.add_argument("--n", type=int, default=200, help="prompts / images per measurement (default 200)")
-    ev.add_argument("--batch-size", type=int, default=32)
-    ev.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's default_cfg)")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--split", choices=("heldout", "train"), default="heldout",
-                    help="Shapes World prompts/images: held-out combinations (the benchmark, default) or fresh "
-                         "training-split scenes (for choosing settings such as --cfg)")
+    add_eval_arguments(ev)
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
 

@@ -139,18 +139,34 @@ def table(results: dict) -> str:
                      for name, v in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recipes.eval.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="unified model folder")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluation options, shared by `python -m recipes.eval.evaluate` and `hart-unified eval`."""
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--n", type=int, default=200, help="prompts / images per measurement (default 200)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's default_cfg)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", choices=("heldout", "train"), default="heldout",
-                        help="Shapes World prompts/images: held-out combinations (the benchmark) or fresh "
-                             "training-split scenes (for choosing settings such as --cfg)")
+                        help="Shapes World prompts/images: held-out combinations (the benchmark, default) or "
+                             "fresh training-split scenes (for choosing settings such as --cfg)")
+
+
+def run(model, args: argparse.Namespace, progress: bool = True) -> int:
+    """Evaluate with the options of `add_arguments`, print the table, write the JSON if asked."""
+    results = evaluate(model, n=args.n, batch_size=args.batch_size, cfg=args.cfg, seed=args.seed,
+                       progress=progress, split=args.split)
+    print(table(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        print(args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recipes.eval.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="unified model folder")
+    add_arguments(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     from unified import UnifiedModel
@@ -160,12 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results = evaluate(model, n=args.n, batch_size=args.batch_size, cfg=args.cfg, seed=args.seed, split=args.split)
-    print(table(results))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-        print(args.out)
-    return 0
+    return run(model, args)
 
 
 if __name__ == "__main__":
