@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--previews", action="store_true", help="also write OUT_scales.png: every scale, coarse to fine")
     gen.add_argument("--cfg", type=float, default=None,
                      help="classifier-free guidance scale (default: the model's own, default_cfg in its config.json)")
-    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-k", type=int, default=None,
+                     help="top-k sampling (default: the model's own, default_top_k in its config.json; 0 = none)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=8)
     gen.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -43,6 +43,9 @@ class UnifiedConfig:
     diffusion_loss_weight: float = 1.0
     caption_dropout: float = 0.1  # classifier-free guidance: train text-to-image without the caption
     default_cfg: float = 3.0  # guidance scale generate_image uses when none is given (a model's own best)
+    # top-k generate_image uses when none is given: None follows HART's released schedule (600, then 300);
+    # 1 (greedy) suits a world where a caption fixes the image
+    default_top_k: int | None = None
     diffusion_token: str = "sampled"  # residual target relative to the sampled or the ground-truth code
     max_length: int = 2048
 
@@ -310,8 +313,9 @@ class UnifiedModel(nn.Module):
     ):
         """Images [B, ...] in [0, 1] (the codec's decode) for B prompts, scale by scale with a KV cache
         and a batched unconditional stream (same item after an empty prompt) for CFG. cfg=None uses
-        the model's `default_cfg`."""
+        the model's `default_cfg`, top_k=None its `default_top_k` (0 = no top-k filtering)."""
         cfg = self.config.default_cfg if cfg is None else cfg
+        top_k = self.config.default_top_k if top_k is None else top_k
         if isinstance(prompts, str):
             prompts = [prompts]
         codec, head = self.codecs[modality], self.heads[modality]

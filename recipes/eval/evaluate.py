@@ -39,7 +39,7 @@ VALIDATION_START = 1_000_000
 
 @torch.no_grad()
 def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None, seed: int = 0,
-             progress: bool = True, split: str = "heldout") -> dict:
+             progress: bool = True, split: str = "heldout", top_k: int | None = None) -> dict:
     from recipes.data.digits import Digits
     from recipes.data.digits import parse_caption as parse_digit
     from recipes.data.shapes import ShapesWorld, parse_caption
@@ -48,6 +48,7 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None
 
     size = model.codecs["image"].image_size[0]
     cfg = model.config.default_cfg if cfg is None else cfg
+    top_k = model.config.default_top_k if top_k is None else top_k
     world = ShapesWorld(seed=0, image_size=size)
     bar = tqdm(total=5, desc="eval", disable=not progress)
     out: dict = {}
@@ -58,7 +59,7 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None
     start = VALIDATION_START if split == "train" else 0
     prompts = world.prompts(split, n, start=start)
     t0 = time.perf_counter()
-    images = torch.cat([model.generate_image(b, cfg=cfg, seed=seed + i)
+    images = torch.cat([model.generate_image(b, cfg=cfg, top_k=top_k, seed=seed + i)
                         for i, b in enumerate(_batches(prompts, batch_size))])
     t2i_time = time.perf_counter() - t0
     per = [score(parse_caption(p), detect(img)) for p, img in zip(prompts, images.cpu(), strict=True)]
@@ -86,7 +87,7 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None
     digits = Digits(image_size=size, seed=0)
     clf = default_classifier(size)
     digit_prompts = digits.prompts("test", n)
-    gen = torch.cat([model.generate_image([c for c, _ in b], cfg=cfg, seed=seed + 1000 + i)
+    gen = torch.cat([model.generate_image([c for c, _ in b], cfg=cfg, top_k=top_k, seed=seed + 1000 + i)
                      for i, b in enumerate(_batches(digit_prompts, batch_size))])
     predicted = clf.predict(gen.cpu())
     labels = np.array([label for _, label in digit_prompts])
@@ -109,7 +110,7 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None
     out["speed"] = {"images_per_s": len(prompts) / t2i_time, "captions_per_s": len(samples) / caption_time,
                     "batch_size": batch_size, "device": str(model.device), "cpu": cpu_model(),
                     "torch_threads": torch.get_num_threads()}
-    out["settings"] = {"n": n, "cfg": cfg, "seed": seed, "image_size": size, "split": split}
+    out["settings"] = {"n": n, "cfg": cfg, "top_k": top_k, "seed": seed, "image_size": size, "split": split}
     out["examples"] = [{"prompt": p, "score": s} for p, s in zip(prompts[:5], per[:5], strict=True)]
     out["examples"] += [{"image": s["key"], "caption": c, "truth": s["caption"]}
                         for c, s in zip(captions[:5], samples[:5], strict=True)]
@@ -145,6 +146,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=200, help="prompts / images per measurement (default 200)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's default_cfg)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="text-to-image top-k (default: the model's default_top_k; 0 = no filtering)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", choices=("heldout", "train"), default="heldout",
                         help="Shapes World prompts/images: held-out combinations (the benchmark, default) or "
@@ -154,7 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(model, args: argparse.Namespace, progress: bool = True) -> int:
     """Evaluate with the options of `add_arguments`, print the table, write the JSON if asked."""
     results = evaluate(model, n=args.n, batch_size=args.batch_size, cfg=args.cfg, seed=args.seed,
-                       progress=progress, split=args.split)
+                       progress=progress, split=args.split, top_k=args.top_k)
     print(table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

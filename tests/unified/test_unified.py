@@ -146,6 +146,14 @@ def test_generation_is_seeded(model):
     c = model.generate_image(["a blue square"], top_k=30, seed=0)
     assert torch.equal(c, model.generate_image(["a blue square"], cfg=1000.0, top_k=30, seed=0))
     assert not torch.equal(c, a)
+    # without a top_k the model's own default_top_k is used: greedy codes make the seed irrelevant
+    plain = {"cfg": 1.0, "use_residual": False}
+    assert not torch.equal(model.generate_image(["a blue square"], seed=0, **plain),
+                           model.generate_image(["a blue square"], seed=1, **plain))
+    model.config.default_top_k = 1
+    d = model.generate_image(["a blue square"], seed=0, **plain)
+    assert torch.equal(d, model.generate_image(["a blue square"], seed=1, **plain))
+    assert torch.equal(d, model.generate_image(["a blue square"], top_k=1, seed=5, **plain))
 
 
 def test_learns_both_directions_and_round_trips(tmp_path):
