@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 CONFIGS = Path(__file__).resolve().parent / "configs"
 INSTALL_DIR = Path(__file__).resolve().parent / "pretrained" / "shapes"
 
@@ -49,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         from recipes.data.digits import Digits
         from recipes.data.shapes import write_shards
 
-        print(write_shards(work / "data", "train", n=args.shapes, per_shard=1000, seed=0))
-        print(Digits(image_size=32, seed=0).write_shards(work / "data", "train", per_shard=1000))
+        # rendered at the size the tokenizer trains on, so no stage resamples the images
+        size = int(yaml.safe_load((CONFIGS / "shapes_tokenizer.yaml").read_text())["image_size"])
+        print(write_shards(work / "data", "train", n=args.shapes, per_shard=1000, seed=0, image_size=size))
+        print(Digits(image_size=size, seed=0).write_shards(work / "data", "train", per_shard=1000))
     shapes = f"data/shapes-train-{{000..{(args.shapes + 999) // 1000 - 1:03d}}}.tar"
     mix = (f"data={{mix: [{{source: '{shapes}', weight: %s, name: shapes}}, "
            f"{{source: 'data/digits-train-{{000..001}}.tar', weight: %s, name: digits}}]}}")
