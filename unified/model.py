@@ -310,10 +310,14 @@ class UnifiedModel(nn.Module):
         callback: PreviewFn | None = None,
         return_tokens: bool = False,
         use_cache: bool = True,
+        prefix: list[torch.Tensor] | None = None,
     ):
         """Images [B, ...] in [0, 1] (the codec's decode) for B prompts, scale by scale with a KV cache
         and a batched unconditional stream (same item after an empty prompt) for CFG. cfg=None uses
-        the model's `default_cfg`, top_k=None its `default_top_k` (0 = no top-k filtering)."""
+        the model's `default_cfg`, top_k=None its `default_top_k` (0 = no top-k filtering).
+        prefix: codes for the first scales (Long [B, tokens of scale k] each, e.g. `codec.encode(x).indices[:S]`)
+        that the model continues from instead of drawing its own: a coarse layout to complete, or the truth
+        when measuring which scales a model gets wrong. A prefix of every scale still draws the residual."""
         cfg = self.config.default_cfg if cfg is None else cfg
         top_k = self.config.default_top_k if top_k is None else top_k
         if isinstance(prompts, str):
@@ -321,6 +325,12 @@ class UnifiedModel(nn.Module):
         codec, head = self.codecs[modality], self.heads[modality]
         gen = self._generator(seed)
         B, K = len(prompts), codec.num_scales
+        prefix = list(prefix or [])
+        if len(prefix) > K:
+            raise ValueError(f"prefix has {len(prefix)} scales but the {modality} codec has {K}")
+        for k, p in enumerate(prefix):
+            if tuple(p.shape) != (B, codec.tokens_per_scale[k]):
+                raise ValueError(f"prefix[{k}] has shape {tuple(p.shape)}, expected {(B, codec.tokens_per_scale[k])}")
         rows = [self.row("t2i", None, p, modality=modality) for p in prompts]
         rows += [self.row("t2i", None, drop_caption=True, modality=modality) for _ in prompts]
         batch = self.builder.build(rows, pad_side="left").to(self.device)
@@ -335,6 +345,8 @@ class UnifiedModel(nn.Module):
                                for p in state.next_position.tolist()]).to(self.device)
             hidden = state.step(inputs, pos, same_block=True)
             idx, _, _, t = guided_sample(head.logits(hidden, codec.codebook), si, K, cfg, top_k, top_p, gen)
+            if si < len(prefix):  # drawn anyway, so the random stream of later scales does not shift
+                idx = prefix[si].to(idx.device, torch.long)
             indices.append(idx)
             codes = codec.codebook[idx].float()
             if si == K - 1 and use_residual:

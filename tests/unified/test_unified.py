@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from hart_core.quantizer import HybridTokens
 from modalities import TextTokenizer, debug_image_codec
 from unified import Example, HeadConfig, UnifiedModel
 from unified.model import split_tokens
@@ -154,6 +155,29 @@ def test_generation_is_seeded(model):
     d = model.generate_image(["a blue square"], seed=0, **plain)
     assert torch.equal(d, model.generate_image(["a blue square"], seed=1, **plain))
     assert torch.equal(d, model.generate_image(["a blue square"], top_k=1, seed=5, **plain))
+
+
+def test_generation_continues_a_given_prefix(model):
+    """Codes given for the first scales are kept and continued from: with every scale given and no residual
+    the image is the codec's discrete decode of those codes; with some given, those come back unchanged
+    and a different prefix changes what the model writes after it."""
+    images, tokens = images_and_tokens(model)
+    codec, prompts, K = model.codecs["image"], list(SHAPES)[:2], model.codecs["image"].num_scales
+    truth = [t[:2] for t in tokens.indices]
+    full = model.generate_image(prompts, cfg=1.0, top_k=30, prefix=truth, use_residual=False)
+    expected = codec.decode_latent(codec.fhat(HybridTokens([t[:2] for t in tokens.indices], None, tokens.grids),
+                                              with_residual=False))
+    torch.testing.assert_close(full, expected)
+    _, drawn = model.generate_image(prompts, cfg=1.0, top_k=1, prefix=truth[:2], return_tokens=True)
+    assert all(torch.equal(a, b) for a, b in zip(drawn[:2], truth[:2], strict=True))
+    g = torch.Generator().manual_seed(0)
+    scrambled = [torch.randint(0, codec.codebook_size, t.shape, generator=g) for t in truth[:2]]
+    _, other = model.generate_image(prompts, cfg=1.0, top_k=1, prefix=scrambled, return_tokens=True)
+    assert any(not torch.equal(a, b) for a, b in zip(drawn[2:], other[2:], strict=True)) and len(drawn) == K
+    with pytest.raises(ValueError, match="prefix"):
+        model.generate_image(prompts, prefix=[truth[0][:1]])
+    with pytest.raises(ValueError, match="prefix"):
+        model.generate_image(prompts, prefix=truth + truth)
 
 
 def test_learns_both_directions_and_round_trips(tmp_path):
