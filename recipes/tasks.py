@@ -19,14 +19,6 @@ from .config import TrainConfig
 TASKS = ("t2i", "caption", "qa")
 
 
-def pil_to_tensor(images) -> torch.Tensor:
-    """List of PIL RGB images -> float [B, 3, H, W] in [-1, 1]."""
-    import numpy as np
-
-    arr = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))
-    return arr.permute(0, 3, 1, 2).float().div(127.5).sub(1)
-
-
 def save_grid(images: torch.Tensor, captions: list[str], path: Path) -> None:
     """A row of images in [0, 1] with their prompts in a sidecar text file."""
     from PIL import Image
@@ -176,7 +168,8 @@ class TokenizerTask:
     rebuild = build
 
     def loss(self, model: HARTTokenizer, samples: list[dict], generator: torch.Generator):
-        images = pil_to_tensor([s["image"] for s in samples]).to(next(model.parameters()).device)
+        # the codec's own conversion (size checks, uint8 -> [-1, 1]), so training sees what encode sees
+        images = ImageCodec(model).preprocess([s["image"] for s in samples])
         continuous = bool(torch.rand((), generator=generator) < 0.5)
         out = model.loss(images.to(next(model.parameters()).dtype), continuous=continuous)
         if self.restart_every:
