@@ -38,6 +38,9 @@ class TrainConfig:
     data: Any = None  # a data source spec (see recipes.data.open_source)
     model: dict = field(default_factory=dict)  # task-specific model settings
     task_weights: dict = field(default_factory=lambda: {"t2i": 1.0, "caption": 1.0, "qa": 0.0})
+    # unified task: one forward pass per kind of row (image-writing, text-writing), so short rows are not
+    # padded to long ones; the same loss (see UnifiedTask.loss)
+    split_by_task: bool = True
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # YAML reads 3e-3 (no dot) as a string

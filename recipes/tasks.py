@@ -13,6 +13,7 @@ import torch.nn as nn
 from hart_core.tokenizer import HARTTokenizer, TokenizerConfig
 from modalities import ImageCodec, TextTokenizer, debug_image_codec, load_codec
 from unified import Example, HeadConfig, UnifiedConfig, UnifiedModel
+from unified.sequence import IGNORE
 
 from .config import TrainConfig
 
@@ -113,10 +114,24 @@ class UnifiedTask:
         return out
 
     def loss(self, model: UnifiedModel, samples: list[dict], generator: torch.Generator):
-        batch = model.training_batch(self.examples(model, samples, generator), generator)
-        metrics = model(batch, generator)
-        loss = metrics.pop("loss")
-        return loss, {k: float(v.detach()) for k, v in metrics.items()}, int(batch.valid.sum())
+        """With `split_by_task`, one forward pass per kind of row (`UnifiedModel.training_batches`), so
+        short caption rows are not padded to long t2i rows; same loss. ZeRO-3 keeps one pass: its ranks
+        must run the same number of forward passes."""
+        examples = self.examples(model, samples, generator)
+        if self.cfg.split_by_task and self.cfg.zero_stage != 3:
+            batches = model.training_batches(examples, generator)
+        else:
+            batches = [model.training_batch(examples, generator)]
+        loss, metrics, tokens = 0.0, {}, 0
+        for batch in batches:
+            out = model(batch, generator)
+            loss = loss + out.pop("loss")
+            tokens += int(batch.valid.sum())
+            writes_text = bool(batch.text_targets.ne(IGNORE).any())
+            for k, v in out.items():  # each metric from the pass that has its targets
+                if len(batches) == 1 or k.startswith("text_") == writes_text:
+                    metrics[k] = float(v.detach())
+        return loss, metrics, tokens
 
     @torch.no_grad()
     def samples(self, model: UnifiedModel, prompts: list[str], path: Path, write: bool) -> None:

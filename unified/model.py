@@ -177,6 +177,21 @@ class UnifiedModel(nn.Module):
     def training_batch(self, examples: list[Example], generator: torch.Generator | None = None) -> SequenceBatch:
         """Rows for a training step; t2i captions are dropped with probability `caption_dropout`."""
         drops = torch.rand(len(examples), generator=generator) < self.config.caption_dropout
+        return self._training_batch(examples, drops)
+
+    def training_batches(self, examples: list[Example], generator: torch.Generator | None = None
+                         ) -> list[SequenceBatch]:
+        """`training_batch` split by what the rows write: t2i rows (an image), then caption / QA rows (text),
+        leaving out an empty kind. Each kind is padded to its own length, and the sum of the batches'
+        `forward` losses is `training_batch`'s loss (same random draws): the text loss is a mean over text
+        targets, which only caption / QA rows have, the code and residual losses means over written items,
+        which only t2i rows have."""
+        drops = torch.rand(len(examples), generator=generator) < self.config.caption_dropout
+        kinds = ([i for i, e in enumerate(examples) if e.task == "t2i"],
+                 [i for i, e in enumerate(examples) if e.task != "t2i"])
+        return [self._training_batch([examples[i] for i in kind], drops[kind]) for kind in kinds if kind]
+
+    def _training_batch(self, examples: list[Example], drops: torch.Tensor) -> SequenceBatch:
         rows = [self.row(e.task, e.image, e.text, e.question, drop_caption=bool(d) and e.task == "t2i")
                 for e, d in zip(examples, drops, strict=True)]
         batch = self.builder.build(rows, pad_side="right")

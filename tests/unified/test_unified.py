@@ -253,6 +253,35 @@ def test_bad_inputs(tmp_path, model):
         UnifiedModel.from_pretrained(tmp_path / "nope")
 
 
+def test_training_batches_split_by_task_give_the_same_loss_and_gradients(model):
+    """t2i rows and caption / QA rows in separate batches: shorter padding, same loss, same gradients,
+    the same random draws (caption dropout, diffusion noise) as one mixed batch."""
+    _, tokens = images_and_tokens(model)
+    rows, names = split_tokens(tokens), list(SHAPES)
+    examples = [Example("t2i", rows[0], names[0]), Example("caption", rows[1], names[1]),
+                Example("t2i", rows[2], names[2]), Example("qa", rows[3], "yes", "shape?"),
+                Example("caption", rows[0], names[0])]
+
+    def loss_and_grads(batches, g):
+        model.zero_grad()
+        loss = sum(model(b, g)["loss"] for b in batches)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    mixed = model.training_batch(examples, torch.Generator().manual_seed(3))
+    split = model.training_batches(examples, torch.Generator().manual_seed(3))
+    assert [len(b.text_ids) for b in split] == [2, 3]
+    assert sum(b.text_ids.numel() for b in split) < mixed.text_ids.numel()  # fewer padded positions
+    ref_loss, ref_grads = loss_and_grads([mixed], torch.Generator().manual_seed(4))
+    loss, grads = loss_and_grads(split, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    only_text = model.training_batches([e for e in examples if e.task != "t2i"])
+    assert len(only_text) == 1 and len(only_text[0].text_ids) == 3
+
+
 @pytest.mark.parametrize("weighting", ["token", "scale"])
 def test_token_loss_weighting(weighting):
     """"token" averages the code CE over all codes of an item; "scale" averages each scale first."""
