@@ -135,7 +135,7 @@ class UnifiedTask:
 
     @torch.no_grad()
     def samples(self, model: UnifiedModel, prompts: list[str], path: Path, write: bool) -> None:
-        images = model.generate_image(prompts, cfg=3.0, seed=0)
+        images = model.generate_image(prompts, seed=0)  # the model's own default_cfg / default_top_k
         if write:
             save_grid(images, prompts, path)
 
