@@ -26,10 +26,11 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 INSTALL_DIR = Path(__file__).resolve().parent / "pretrained" / "shapes"
 
 
-def run(cmd: list[str], cwd: Path) -> None:
+def run(cmd: list[str], cwd: Path, **extra_env: str) -> None:
     print("$", " ".join(cmd), flush=True)
     # PYTHONSAFEPATH: the working folder holds a run folder named `unified`, which must not shadow the package
-    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "PYTHONSAFEPATH": "1"}
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "PYTHONSAFEPATH": "1",
+           **extra_env}
     subprocess.run(cmd, cwd=cwd, env=env, check=True)
 
 
@@ -65,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (work / "unified" / "final" / "config.json").is_file():
         launcher = [py, "-m", "recipes.train"] if args.ranks == 1 else [
             py, "-m", "torch.distributed.run", f"--nproc_per_node={args.ranks}", "-m", "recipes.train"]
-        if args.ranks > 1:
-            os.environ["OMP_NUM_THREADS"] = "1"
+        # one thread per rank for the training only: the evaluation after it times sampling with every core
+        threads = {"OMP_NUM_THREADS": "1"} if args.ranks > 1 else {}
         run([*launcher, str(CONFIGS / "shapes_unified.yaml"), mix % (0.75, 0.25), *args.overrides,
-             *(["--resume"] if (work / "unified" / "checkpoints" / "latest").is_file() else [])], work)
+             *(["--resume"] if (work / "unified" / "checkpoints" / "latest").is_file() else [])], work, **threads)
     run([py, "-m", "recipes.eval.evaluate", "unified/final", "--out", "eval.json", "--n", str(args.eval_n)], work)
     print((work / "eval.json").read_text())
     if args.install:
