@@ -23,9 +23,11 @@ import torch
 def reconstruction_report(codec, n: int = 300, split: str = "heldout", batch_size: int = 100) -> dict:
     from recipes.data.shapes import ShapesWorld
     from recipes.eval.detector import detect, score
+    from recipes.eval.evaluate import VALIDATION_START
 
     world = ShapesWorld(seed=0, image_size=codec.image_size[0])
-    samples = [world.sample(i, split) for i in range(n)]
+    start = VALIDATION_START if split == "train" else 0  # fresh training-split scenes, as `evaluate` uses
+    samples = [world.sample(start + i, split) for i in range(n)]
     agreement: dict[str, list[float]] = {"discrete": [], "hybrid": []}
     codes: list[Counter] = [Counter() for _ in codec.grids]
     for start in range(0, n, batch_size):
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("codec", help="image codec folder (e.g. MODEL/codecs/image)")
     parser.add_argument("--n", type=int, default=300, help="scenes (default 300)")
-    parser.add_argument("--split", choices=("heldout", "train"), default="heldout")
+    parser.add_argument("--split", choices=("heldout", "train"), default="heldout",
+                        help="held-out combinations (default) or fresh training-split scenes (never in the shards)")
     parser.add_argument("--out", help="write the report as JSON here")
     args = parser.parse_args(argv)
     from modalities import load_codec
