@@ -44,7 +44,7 @@ class UnifiedConfig:
     caption_dropout: float = 0.1  # classifier-free guidance: train text-to-image without the caption
     default_cfg: float = 3.0  # guidance scale generate_image uses when none is given (a model's own best)
     # top-k generate_image uses when none is given: None follows HART's released schedule (600, then 300);
-    # 1 (greedy) suits a world where a caption fixes the image
+    # 1 is greedy (on the default model it helps training-split prompts but draws only seen combinations)
     default_top_k: int | None = None
     diffusion_token: str = "sampled"  # residual target relative to the sampled or the ground-truth code
     max_length: int = 2048

@@ -37,6 +37,25 @@ def _batches(items: list, size: int):
 VALIDATION_START = 1_000_000
 
 
+def split_start(split: str) -> int:
+    """Index of the first Shapes World scene an evaluation of `split` uses: held-out scenes from 0, fresh
+    training-split scenes from VALIDATION_START."""
+    if split not in ("heldout", "train"):
+        raise ValueError(f"split must be 'heldout' or 'train', not {split!r}")
+    return VALIDATION_START if split == "train" else 0
+
+
+def load_model(folder: str, device: str):
+    """The unified model in `folder` on `device` for an evaluation command, or None after printing why not."""
+    from unified import UnifiedModel
+
+    try:
+        return UnifiedModel.from_pretrained(folder).to(torch.device(device)).eval()
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
 @torch.no_grad()
 def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None, seed: int = 0,
              progress: bool = True, split: str = "heldout", top_k: int | None = None) -> dict:
@@ -54,9 +73,7 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None
     out: dict = {}
 
     # text-to-image prompt adherence on held-out prompts
-    if split not in ("heldout", "train"):
-        raise ValueError(f"split must be 'heldout' or 'train', not {split!r}")
-    start = VALIDATION_START if split == "train" else 0
+    start = split_start(split)
     prompts = world.prompts(split, n, start=start)
     t0 = time.perf_counter()
     images = torch.cat([model.generate_image(b, cfg=cfg, top_k=top_k, seed=seed + i)
@@ -172,14 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    from unified import UnifiedModel
-
-    try:
-        model = UnifiedModel.from_pretrained(args.model).to(torch.device(args.device)).eval()
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return run(model, args)
+    model = load_model(args.model, args.device)
+    return 2 if model is None else run(model, args)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ import torch
 def reconstruction_report(codec, n: int = 300, split: str = "heldout", batch_size: int = 100) -> dict:
     from recipes.data.shapes import ShapesWorld
     from recipes.eval.detector import detect, score
-    from recipes.eval.evaluate import VALIDATION_START
+    from recipes.eval.evaluate import split_start
 
     world = ShapesWorld(seed=0, image_size=codec.image_size[0])
-    start = VALIDATION_START if split == "train" else 0  # fresh training-split scenes, as `evaluate` uses
+    start = split_start(split)  # fresh training-split scenes, as `evaluate` uses
     samples = [world.sample(start + i, split) for i in range(n)]
     agreement: dict[str, list[float]] = {"discrete": [], "hybrid": []}
     codes: list[Counter] = [Counter() for _ in codec.grids]

@@ -28,13 +28,11 @@ def scale_errors(model, n: int = 200, split: str = "train", batch_size: int = 50
     """{"rows": [{"given_scales": S, "overall": ..., "overall_1": ..., "overall_2": ...}, ...], settings}."""
     from recipes.data.shapes import ShapesWorld, parse_caption
     from recipes.eval.detector import detect, score
-    from recipes.eval.evaluate import VALIDATION_START
+    from recipes.eval.evaluate import split_start
 
-    if split not in ("heldout", "train"):
-        raise ValueError(f"split must be 'heldout' or 'train', not {split!r}")
     codec = model.codecs["image"]
     world = ShapesWorld(seed=0, image_size=codec.image_size[0])
-    start = VALIDATION_START if split == "train" else 0
+    start = split_start(split)
     samples = [world.sample(start + i, split) for i in range(n)]
     counts = np.array([len(s["objects"]) for s in samples])
     K = codec.num_scales
@@ -87,12 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the result as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    from unified import UnifiedModel
+    from recipes.eval.evaluate import load_model
 
-    try:
-        model = UnifiedModel.from_pretrained(args.model).to(torch.device(args.device)).eval()
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    model = load_model(args.model, args.device)
+    if model is None:
         return 2
     result = scale_errors(model, n=args.n, split=args.split, batch_size=args.batch_size, cfg=args.cfg,
                           top_k=args.top_k, seed=args.seed, progress=not args.quiet)
