@@ -231,6 +231,28 @@ def bench_batch(tokenizer, transformer, batch: int, args, device, dtype, sync) -
     return result
 
 
+def profile_once(tokenizer, transformer, batch: int, args, device, dtype, sync) -> None:
+    """One generation + decode under torch.profiler; the op table goes to args.profile. Run after the
+    timed iterations, so kernels are warm and the timings above are not disturbed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    c = transformer.config
+    gen = torch.Generator(device).manual_seed(args.seed)
+    context = torch.randn(batch, c.context_token, c.context_dim, generator=gen, device=device).to(dtype)
+    mask = torch.ones(batch, c.context_token, dtype=torch.bool, device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync()
+    with profile(activities=activities) as prof:
+        tokenizer.decode_latent(generate_latent(transformer, tokenizer, context, mask, cfg=args.cfg, generator=gen))
+        sync()
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=40)
+    args.profile.parent.mkdir(parents=True, exist_ok=True)
+    title = f"batch {batch}, {args.config}, {args.dtype}, cfg {args.cfg}, steps {args.steps}"
+    args.profile.write_text(f"{title}\n{table}\n")
+    print(f"wrote {args.profile} (profile of one generation at batch {batch})")
+
+
 def print_result(r: dict) -> None:
     share, parts = r["share_of_total"], r["parts_s_median"]
     line = (
@@ -268,6 +290,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (CPU runs; 1 avoids OpenMP spin contention on a busy machine)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="after timing, profile one untimed generation + decode at the first batch size with "
+                        "torch.profiler and write its op table (sorted by device time) here")
     p.add_argument("--meta-only", action="store_true",
                    help="build the model on the meta device, print parameter counts, exit (no memory)")
     args = p.parse_args(argv)
@@ -323,6 +348,8 @@ def main(argv=None) -> dict:
             r = bench_batch(tokenizer, transformer, batch, args, device, dtype, sync)
             print_result(r)
             results.append(r)
+        if args.profile is not None:
+            profile_once(tokenizer, transformer, args.batch_sizes[0], args, device, dtype, sync)
     payload = {
         **info,
         "config": args.config,

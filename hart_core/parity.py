@@ -9,6 +9,7 @@ Exit status 1 if any check fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -160,7 +161,7 @@ def diffusion_checks(model: HARTTransformer, io: dict) -> list[Check]:
             else:
                 def model_fn(x, t, c=c):
                     return net(x, t, c)
-            t = torch.full((c.shape[0],), k, dtype=torch.long)
+            t = torch.full((c.shape[0],), k, dtype=torch.long, device=c.device)
             res = gen.p_sample(model_fn, io[p + "x"], t, io[p + "noise"])
             for field in ("mean", "log_variance", "pred_xstart", "sample"):
                 out.append(compare(f"diffusion.{p}{field}", res[field], io[p + field]))
@@ -197,16 +198,16 @@ def inference_checks(model: HARTTransformer, tokenizer: HARTTokenizer, io: dict)
     return out
 
 
-def run_checks(fixture: str | Path) -> list[Check]:
-    fixture = Path(fixture)
+def run_checks(fixture: str | Path, device: str | torch.device = "cpu") -> list[Check]:
+    fixture, device = Path(fixture), torch.device(device)
     for sub in ("tokenizer", "llm", "io"):
         if not (fixture / sub).is_dir():
             raise FileNotFoundError(f"{fixture}: missing {sub}/ (expected tokenizer/, llm/ and io/)")
-    tokenizer = HARTTokenizer.from_official(fixture / "tokenizer")
-    model = HARTTransformer.from_official(fixture / "llm", fixture / "tokenizer")
-    tok_io = load_file(fixture / "io" / "tokenizer_io.safetensors")
-    tr_io = load_file(fixture / "io" / "transformer_io.safetensors")
-    with torch.no_grad():
+    tokenizer = HARTTokenizer.from_official(fixture / "tokenizer").to(device)
+    model = HARTTransformer.from_official(fixture / "llm", fixture / "tokenizer").to(device)
+    tok_io = load_file(fixture / "io" / "tokenizer_io.safetensors", device=str(device))
+    tr_io = load_file(fixture / "io" / "transformer_io.safetensors", device=str(device))
+    with torch.no_grad(), _full_fp32(device):
         return (
             tokenizer_checks(tokenizer, tok_io)
             + teacher_forced_checks(model, tokenizer, tr_io)
@@ -215,14 +216,37 @@ def run_checks(fixture: str | Path) -> list[Check]:
         )
 
 
+@contextlib.contextmanager
+def _full_fp32(device: torch.device):
+    """On CUDA, turn TF32 off for matmuls and convolutions (cuDNN allows it by default): the
+    tolerance is for fp32 arithmetic."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hart_core.parity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("fixture", help="folder with tokenizer/, llm/ and io/")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--device", default="cpu",
+                        help="run our side here (e.g. cuda); the references were recorded on CPU")
     args = parser.parse_args(argv)
     try:
-        checks = run_checks(args.fixture)
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        parser.error(f"--device {args.device!r}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available to this torch")
+    try:
+        checks = run_checks(args.fixture, device)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

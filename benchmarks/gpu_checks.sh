@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, in one go, most important first; each step has its own time limit so a
+# slow step cannot starve the rest. JSON results and the profile table are written to OUT_DIR.
+#
+#   benchmarks/gpu_checks.sh OUT_DIR [PARITY_DIR] 2>&1 | tee OUT_DIR.log   (repository root; PYTHON=python3)
+#
+# 1. HART text-to-image at the official 1024px config in bf16: latency at batch 1, images/s at batch 8
+#    (the numbers benchmarks/RESULTS.md asks for), then batch 16 and one profiled batch-1 generation;
+# 2. the parity tool on CUDA (fp32, TF32 off) for every fixture under PARITY_DIR;
+# 3. the shipped default unified model's eval on CUDA.
+set -u
+out=${1:?usage: benchmarks/gpu_checks.sh OUT_DIR [PARITY_DIR]}
+parity=${2:-../shared/parity}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+$py -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+step "official config, bf16, batch 1 and 8"
+timeout 200 $py benchmarks/bench_t2i.py --config official --dtype bf16 --batch-sizes 1,8 \
+    --json "$out/official_bf16.json"
+
+step "parity on CUDA"
+for fixture in "$parity"/*/; do
+    timeout 60 $py -m hart_core.parity "$fixture" --device cuda | grep -v "^ok " || true
+done
+
+step "default unified model eval on CUDA"
+timeout 90 $py -m recipes.cli eval --device cuda --quiet --out "$out/eval_cuda.json"
+
+step "official config, bf16, batch 16; profile of one batch-1 generation"
+timeout 120 $py benchmarks/bench_t2i.py --config official --dtype bf16 --batch-sizes 16 --iters 3 \
+    --json "$out/official_bf16_b16.json"
+timeout 120 $py benchmarks/bench_t2i.py --config official --dtype bf16 --batch-sizes 1 --iters 1 \
+    --profile "$out/profile_official_bf16_b1.txt"
+step "done"
