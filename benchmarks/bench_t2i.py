@@ -33,8 +33,6 @@ from pathlib import Path
 
 import torch
 
-from recipes.machine import cpu_model
-
 # runnable as `python benchmarks/bench_t2i.py` from the repository root without installing
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,6 +41,7 @@ from hart_core.generate import generate_latent  # noqa: E402
 from hart_core.pipeline import HARTPipeline  # noqa: E402
 from hart_core.tokenizer import HARTTokenizer, TokenizerConfig  # noqa: E402
 from hart_core.transformer import HARTTransformer, TransformerConfig  # noqa: E402
+from recipes.machine import cpu_model  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -44,7 +44,7 @@ class Check:
 
 
 def compare(name: str, ours: torch.Tensor, ref: torch.Tensor) -> Check:
-    ours = torch.as_tensor(ours).detach().cpu()
+    ours, ref = torch.as_tensor(ours).detach().cpu(), ref.cpu()
     if tuple(ours.shape) != tuple(ref.shape):
         return Check(f"{name} (shape {tuple(ours.shape)} vs {tuple(ref.shape)})", float("inf"), 0.0, True)
     if not ref.is_floating_point():
