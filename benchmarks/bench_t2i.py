@@ -286,6 +286,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sdpa", choices=("auto", "flash", "efficient", "cudnn", "math"), default="auto",
                    help="restrict scaled_dot_product_attention to one backend (CUDA only)")
+    p.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off",
+                   help="also run the fp32 parts (diffusion head, VAE decode) under torch.autocast in this "
+                        "dtype, as the official sampler does with fp16; weights keep their dtypes")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls and convolutions (CUDA)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (CPU runs; 1 avoids OpenMP spin contention on a busy machine)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -332,7 +336,8 @@ def main(argv=None) -> dict:
     info = header(device)
     print(f"  config: {args.config}, dtype {args.dtype} (transformer; tokenizer + diffusion head fp32), "
           f"cfg {args.cfg}, diffusion steps {args.steps}, warmup {args.warmup}, iters {args.iters}, "
-          f"seed {args.seed}, sdpa {args.sdpa}; text encoder excluded (random context, full mask)")
+          f"seed {args.seed}, sdpa {args.sdpa}, autocast {args.autocast}, tf32 {args.tf32}; "
+          "text encoder excluded (random context, full mask)")
     tokenizer, transformer, model = build(args.config, device, args.seed)
     counts = param_counts(tokenizer, transformer)
     # same placement/dtype logic as HARTPipeline.to: tokenizer fp32, transformer in dtype, head fp32
@@ -340,7 +345,11 @@ def main(argv=None) -> dict:
     transformer.diffusion_head.set_sampling_steps(args.steps)
 
     results = []
-    with torch.inference_mode(), sdpa_context(args.sdpa, device):
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast])
+                if args.autocast != "off" else contextlib.nullcontext())
+    with torch.inference_mode(), sdpa_context(args.sdpa, device), autocast:
         for batch in args.batch_sizes:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -360,6 +369,8 @@ def main(argv=None) -> dict:
         "iters": args.iters,
         "seed": args.seed,
         "sdpa": args.sdpa,
+        "autocast": args.autocast,
+        "tf32": args.tf32,
         "text_encoder": "excluded (random context, full mask)",
         "model": model,
         "params": counts,
