@@ -51,3 +51,16 @@ def test_noise_tape_hands_out_draws_in_order(rows, asked):
     assert torch.equal(tape((asked, 2)), draws[1][:asked])
     with pytest.raises(RuntimeError, match="exhausted"):
         tape((asked, 2))
+
+
+def test_cli_refuses_a_device_it_cannot_use(capsys):
+    import torch
+
+    fixture = str(parity_dir("hart_tiny_a"))
+    with pytest.raises(SystemExit) as e:
+        parity.main([fixture, "--device", "nonsense"])
+    assert e.value.code == 2 and "--device 'nonsense'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            parity.main([fixture, "--device", "cuda"])
+        assert e.value.code == 2 and "no CUDA device" in capsys.readouterr().err
