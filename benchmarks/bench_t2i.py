@@ -127,7 +127,8 @@ def describe(tok_cfg: TokenizerConfig, tr_cfg: TransformerConfig, tokenizer: HAR
     print(
         f"  model: {h}x{w} px, scales {d['patch_nums']} ({d['image_tokens']} tokens), width {d['embed_dim']}, "
         f"depth {d['depth']}, heads {d['num_heads']}, V {d['vocab_size']}, Cvae {d['latent_dim']}, "
-        f"context {d['context'][0]}x{d['context'][1]}, diff head {d['diffusion_head'][0]}x{d['diffusion_head'][1]}, "
+        f"shared AdaLN {d['shared_aln']}, context {d['context'][0]}x{d['context'][1]}, "
+        f"diff head {d['diffusion_head'][0]}x{d['diffusion_head'][1]}, "
         f"VAE ch {d['vae_ch']} x {d['vae_ch_mult']}"
     )
     return d
