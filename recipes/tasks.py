@@ -108,7 +108,7 @@ class UnifiedTask:
                               self.weights["qa"] if s.get("question") and s.get("answer") else 0.0])
             if w.sum() == 0:
                 w = torch.tensor([1.0, 0.0, 0.0])
-            task = TASKS[int(torch.multinomial(w, 1, generator=generator))]
+            task = TASKS[int(torch.multinomial(w.to(generator.device), 1, generator=generator))]
             text = s.get("answer") if task == "qa" else s.get("caption")
             out.append(Example(task, t, text, s.get("question") if task == "qa" else None))
         return out
@@ -185,7 +185,7 @@ class TokenizerTask:
     def loss(self, model: HARTTokenizer, samples: list[dict], generator: torch.Generator):
         # the codec's own conversion (size checks, uint8 -> [-1, 1]), so training sees what encode sees
         images = ImageCodec(model).preprocess([s["image"] for s in samples])
-        continuous = bool(torch.rand((), generator=generator) < 0.5)
+        continuous = bool(torch.rand((), generator=generator, device=generator.device) < 0.5)
         out = model.loss(images.to(next(model.parameters()).dtype), continuous=continuous)
         if self.restart_every:
             counts = torch.bincount(torch.cat([i.flatten() for i in out["indices"]]), minlength=model.config.vocab_size)
@@ -211,8 +211,9 @@ class TokenizerTask:
         if len(dead) == 0 or hits.sum() == 0:
             return {"dead_codes": 0.0}
         book = model.quantize.embedding.weight
-        src = torch.multinomial(hits.float().cpu(), len(dead), replacement=True, generator=generator)
-        jitter = 1 + 0.05 * torch.randn(len(dead), book.shape[1], generator=generator)
+        # random draws on the generator's device (CPU or CUDA, as the training loop made it)
+        src = torch.multinomial(hits.float().to(generator.device), len(dead), replacement=True, generator=generator)
+        jitter = 1 + 0.05 * torch.randn(len(dead), book.shape[1], generator=generator, device=generator.device)
         book.data[dead.to(book.device)] = book.data[src.to(book.device)] * jitter.to(book.device, book.dtype)
         return {"dead_codes": float(len(dead))}
 

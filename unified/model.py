@@ -176,7 +176,7 @@ class UnifiedModel(nn.Module):
 
     def training_batch(self, examples: list[Example], generator: torch.Generator | None = None) -> SequenceBatch:
         """Rows for a training step; t2i captions are dropped with probability `caption_dropout`."""
-        drops = torch.rand(len(examples), generator=generator) < self.config.caption_dropout
+        drops = self._caption_drops(len(examples), generator)
         return self._training_batch(examples, drops)
 
     def training_batches(self, examples: list[Example], generator: torch.Generator | None = None
@@ -186,10 +186,15 @@ class UnifiedModel(nn.Module):
         `forward` losses is `training_batch`'s loss (same random draws): the text loss is a mean over text
         targets, which only caption / QA rows have, the code and residual losses means over written items,
         which only t2i rows have."""
-        drops = torch.rand(len(examples), generator=generator) < self.config.caption_dropout
+        drops = self._caption_drops(len(examples), generator)
         kinds = ([i for i, e in enumerate(examples) if e.task == "t2i"],
                  [i for i, e in enumerate(examples) if e.task != "t2i"])
         return [self._training_batch([examples[i] for i in kind], drops[kind]) for kind in kinds if kind]
+
+    def _caption_drops(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        # drawn on the generator's device (a CUDA generator cannot fill a CPU tensor), decided on the CPU
+        device = generator.device if generator is not None else None
+        return (torch.rand(n, generator=generator, device=device) < self.config.caption_dropout).cpu()
 
     def _training_batch(self, examples: list[Example], drops: torch.Tensor) -> SequenceBatch:
         rows = [self.row(e.task, e.image, e.text, e.question, drop_caption=bool(d) and e.task == "t2i")
