@@ -226,7 +226,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             loss, metrics, tokens = task.loss(engine.module, samples, g)  # metrics: floats, per micro-batch
             engine.backward(loss * weight)
             engine.step()
-            for k, v in {"loss": float(loss), **metrics}.items():
+            for k, v in {"loss": float(loss.detach()), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + v * weight
                 counts[k] = counts.get(k, 0.0) + weight
             n_samples += len(samples) if weight else 0
