@@ -109,6 +109,21 @@ def test_tokenizer_recipe_trains_and_exports_a_codec(tmp_path, shards):
     assert codec.image_size == (16, 16) and codec.codebook_size == 96
 
 
+def test_cli_train_subcommand_trains_and_resumes(tmp_path, shards):
+    """`hart-unified train RECIPE key=value ... [--resume]` is the same trainer, launched from the CLI."""
+    recipe = RECIPE.parent / "tokenizer_debug.yaml"
+    out = tmp_path / "cli"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "recipes.cli", "train", str(recipe), f"data={shards}", f"output_dir={out}",
+            "save_every=2"]
+    first = subprocess.run([*base, "steps=2"], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (out / "final" / "codec.json").is_file() and len(losses(out)) == 2
+    more = subprocess.run([*base, "steps=4", "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
 def test_bad_recipe_is_a_clear_error(tmp_path, shards):
     proc = run(tmp_path / "x", shards, "zero_stage=5", check=False)
     assert proc.returncode == 2 and "zero_stage must be 0, 1, 2 or 3" in proc.stderr
