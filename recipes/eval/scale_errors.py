@@ -7,7 +7,9 @@ and the codec's.
     python -m recipes.eval.scale_errors recipes/pretrained/shapes --n 200          # fresh training-split scenes
     python -m recipes.eval.scale_errors MODEL --split heldout --out scale_errors.json
 
-Scenes are Shapes World samples with their own captions as prompts, split by object count.
+Scenes are Shapes World samples with their own captions as prompts, split by object count. A second
+table breaks the S = 0 row (the model writes every code) into the attributes the detector scores, per
+object count: whether two-object scenes fail on colour, shape, position or count.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from tqdm import tqdm
 @torch.no_grad()
 def scale_errors(model, n: int = 200, split: str = "train", batch_size: int = 50, cfg: float | None = None,
                  top_k: int | None = None, seed: int = 0, progress: bool = True) -> dict:
-    """{"rows": [{"given_scales": S, "overall": ..., "overall_1": ..., "overall_2": ...}, ...], settings}."""
+    """{"rows": [{"given_scales": S, "overall": ..., "overall_1": ..., "overall_2": ...}, ...],
+    "attributes": {"1": {"colour": ..., "shape": ..., "position": ..., "count": ..., "size": ...}, "2": ...}
+    (S = 0, by object count; size over the prompts that name one), "settings"}."""
     from recipes.data.shapes import ShapesWorld, parse_caption
     from recipes.eval.detector import detect, score
     from recipes.eval.evaluate import split_start
@@ -37,6 +41,7 @@ def scale_errors(model, n: int = 200, split: str = "train", batch_size: int = 50
     counts = np.array([len(s["objects"]) for s in samples])
     K = codec.num_scales
     scores = np.zeros((K + 1, n))
+    attributes: list[dict] = [{}] * n  # per scene, S = 0
     bar = tqdm(total=(K + 1) * ((n + batch_size - 1) // batch_size), desc="scale errors", disable=not progress)
     for b0 in range(0, n, batch_size):
         chunk = samples[b0 : b0 + batch_size]
@@ -45,7 +50,10 @@ def scale_errors(model, n: int = 200, split: str = "train", batch_size: int = 50
         for given in range(K + 1):
             images = model.generate_image(prompts, cfg=cfg, top_k=top_k, seed=seed + b0, prefix=truth[:given])
             for i, (p, im) in enumerate(zip(prompts, images.cpu(), strict=True)):
-                scores[given, b0 + i] = score(parse_caption(p), detect(im))["overall"]
+                result = score(parse_caption(p), detect(im))
+                scores[given, b0 + i] = result["overall"]
+                if given == 0:
+                    attributes[b0 + i] = result
             bar.update()
     bar.close()
     rows = []
@@ -54,10 +62,19 @@ def scale_errors(model, n: int = 200, split: str = "train", batch_size: int = 50
         for k in sorted(set(counts.tolist())):
             row[f"overall_{k}"] = float(scores[given, counts == k].mean())
         rows.append(row)
-    return {"rows": rows, "settings": {"n": n, "split": split, "seed": seed,
+    by_count = {}
+    for k in sorted(set(counts.tolist())):
+        group = [a for a, c in zip(attributes, counts, strict=True) if c == k]
+        by_count[str(k)] = {attr: float(np.mean([a[attr] for a in group])) for attr in ATTRIBUTES}
+        sized = [a["size"] for a in group if a["size"] is not None]
+        by_count[str(k)]["size"] = float(np.mean(sized)) if sized else None
+    return {"rows": rows, "attributes": by_count, "settings": {"n": n, "split": split, "seed": seed,
                                        "cfg": model.config.default_cfg if cfg is None else cfg,
                                        "top_k": model.config.default_top_k if top_k is None else top_k,
                                        "objects": {int(k): int((counts == k).sum()) for k in set(counts.tolist())}}}
+
+
+ATTRIBUTES = ("colour", "shape", "position", "count")
 
 
 def table(result: dict) -> str:
@@ -67,6 +84,10 @@ def table(result: dict) -> str:
     for r in rows:
         lines.append(f"{r['given_scales']:>12}  {r['overall']:7.3f}  "
                      + "  ".join(f"{r[k]:11.3f}" for k in keys))
+    lines += ["", "no scales given, by attribute:", "objects  " + "  ".join(f"{a:>8}" for a in (*ATTRIBUTES, "size"))]
+    for k, attrs in result["attributes"].items():
+        size = "     n/a" if attrs["size"] is None else f"{attrs['size']:8.3f}"
+        lines.append(f"{k:>7}  " + "  ".join(f"{attrs[a]:8.3f}" for a in ATTRIBUTES) + f"  {size}")
     return "\n".join(lines)
 
 

@@ -18,7 +18,15 @@ def test_given_scales_raise_adherence_of_the_shipped_model():
     assert all(0 <= r["overall"] <= 1 for r in rows)
     assert rows[-1]["overall"] >= 0.6 and rows[-1]["overall"] >= rows[0]["overall"] + 0.2
     assert sum(result["settings"]["objects"].values()) == 24
-    assert "given scales" in table(result)
+    assert "given scales" in table(result) and "by attribute" in table(result)
+    # the S = 0 row is the mean over scenes, and a scene is right overall only if every attribute is
+    attrs, objects = result["attributes"], result["settings"]["objects"]
+    assert set(attrs) == {str(k) for k in objects}
+    for k, a in attrs.items():
+        assert all(0 <= a[x] <= 1 for x in ("colour", "shape", "position", "count"))
+        assert rows[0][f"overall_{k}"] <= min(a["colour"], a["shape"], a["position"], a["count"]) + 1e-9
+    overall0 = sum(rows[0][f"overall_{k}"] * n for k, n in objects.items()) / 24
+    assert abs(overall0 - rows[0]["overall"]) < 1e-9
 
 
 def test_cli_bad_folder(tmp_path, capsys):
