@@ -185,11 +185,17 @@ def sdpa_context(backend: str, device: torch.device):
     return sdpa_kernel(kinds[backend])
 
 
-def bench_batch(tokenizer, transformer, batch: int, args, device, dtype, sync) -> dict:
+def random_context(transformer, batch: int, seed: int, device, dtype):
+    """A seeded generator and a random [B, context_token, context_dim] context with a full mask: the text
+    encoder's output stand-in (its cost is excluded, as in HART's published numbers)."""
     c = transformer.config
-    gen = torch.Generator(device).manual_seed(args.seed)
+    gen = torch.Generator(device).manual_seed(seed)
     context = torch.randn(batch, c.context_token, c.context_dim, generator=gen, device=device).to(dtype)
-    mask = torch.ones(batch, c.context_token, dtype=torch.bool, device=device)
+    return gen, context, torch.ones(batch, c.context_token, dtype=torch.bool, device=device)
+
+
+def bench_batch(tokenizer, transformer, batch: int, args, device, dtype, sync) -> dict:
+    gen, context, mask = random_context(transformer, batch, args.seed, device, dtype)
     diff = Timer(sync)
     rows = {"total": [], "transformer": [], "diffusion": [], "vae_decode": []}
     with wrapped_method(transformer.diffusion_head, "sample", diff.wrap):
@@ -236,10 +242,7 @@ def profile_once(tokenizer, transformer, batch: int, args, device, dtype, sync) 
     timed iterations, so kernels are warm and the timings above are not disturbed."""
     from torch.profiler import ProfilerActivity, profile
 
-    c = transformer.config
-    gen = torch.Generator(device).manual_seed(args.seed)
-    context = torch.randn(batch, c.context_token, c.context_dim, generator=gen, device=device).to(dtype)
-    mask = torch.ones(batch, c.context_token, dtype=torch.bool, device=device)
+    gen, context, mask = random_context(transformer, batch, args.seed, device, dtype)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sync()
     with profile(activities=activities) as prof:

@@ -41,7 +41,7 @@ def scale_errors(model, n: int = 200, split: str = "train", batch_size: int = 50
     counts = np.array([len(s["objects"]) for s in samples])
     K = codec.num_scales
     scores = np.zeros((K + 1, n))
-    attributes: list[dict] = [{}] * n  # per scene, S = 0
+    attributes: list[dict | None] = [None] * n  # per scene, S = 0
     bar = tqdm(total=(K + 1) * ((n + batch_size - 1) // batch_size), desc="scale errors", disable=not progress)
     for b0 in range(0, n, batch_size):
         chunk = samples[b0 : b0 + batch_size]
