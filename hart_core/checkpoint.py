@@ -36,6 +36,17 @@ def read_config(folder: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
 
 
+def check_model_type(folder: str | os.PathLike, model_type: str, hint: str = "") -> dict:
+    """The folder's config.json, after checking it names `model_type` (and that the folder exists)."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    cfg = read_config(folder)
+    if not isinstance(cfg, dict) or cfg.get("model_type") != model_type:
+        found = cfg.get("model_type") if isinstance(cfg, dict) else None
+        raise CheckpointError(f"{folder}: model_type {found!r} is not {model_type!r}" + (f"; {hint}" if hint else ""))
+    return cfg
+
+
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

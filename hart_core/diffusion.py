@@ -331,9 +331,8 @@ class GaussianDiffusion:
 
 class ResidualDiffusionHead(nn.Module):
     """Per-token diffusion model for the continuous residual of the last scale, conditioned on z.
-    Residuals are divided by `vae_scale` for training and multiplied back after sampling."""
-
-    vae_scale: float = 0.6
+    Residuals are divided by `vae_scale` for training and multiplied back after sampling (HART's 0.6
+    suits its image latents; another modality's latents may want another scale)."""
 
     def __init__(
         self,
@@ -342,8 +341,10 @@ class ResidualDiffusionHead(nn.Module):
         width: int,
         depth: int,
         num_sampling_steps: str | int = "8",
+        vae_scale: float = 0.6,
     ):
         super().__init__()
+        self.vae_scale = float(vae_scale)
         self.in_channels = target_channels
         self.net = MLPAdaLNDenoiser(target_channels, width, z_channels, depth)
         self.train_diffusion = GaussianDiffusion(None)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sampling import guided_sample, gumbel_softmax, smooth_tau
+from .scale_loop import ScaleSampling, ScaleTrace, sample_scales
 from .tokenizer import HARTTokenizer
 from .transformer import HARTTransformer
 
@@ -18,15 +18,11 @@ PreviewFn = Callable[[int, int, torch.Tensor], None]
 
 
 @dataclass
-class GenerationTrace:
-    """Intermediate values of one generation, recorded on request (parity checks, debugging)."""
+class GenerationTrace(ScaleTrace):
+    """`ScaleTrace` plus the diffusion head's input and output at the last scale."""
 
-    logits: list[torch.Tensor]  # guided logits per scale [B, n_k, V]
-    indices: list[torch.Tensor]  # sampled codes per scale [B, n_k]
-    guidance: list[float]  # CFG weight t per scale
     diffusion_condition: torch.Tensor | None = None  # [2B * n_last, C] ([cond rows; uncond rows])
     diffusion_output: torch.Tensor | None = None  # residual sampled by the head, all rows
-    f_hat: torch.Tensor | None = None  # final latent handed to the decoder
 
 
 def unconditional_context(context: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
@@ -65,55 +61,35 @@ def generate_latent(
     `noise_fn(shape)` replaces the diffusion head's Gaussian draws (used to replay reference noise).
     """
     c = transformer.config
-    B, K = context.shape[0], len(c.patch_nums)
     mask = context_mask.bool()
     if context_positions is None:
         context_positions = mask.long().cumsum(1) - 1
     dtype = transformer.word_embed.weight.dtype
     cond = transformer.condition(*unconditional_context(context.to(dtype), mask, context_positions))
-    codebook = tokenizer.quantize.embedding.weight
-    pn_last = c.patch_nums[-1]
-    f_hat = context.new_zeros(B, c.latent_dim, pn_last, pn_last, dtype=torch.float32)
     cache = transformer.new_cache()
-    x = None
-    for si, pn in enumerate(c.patch_nums):
+
+    def step(si: int, x: torch.Tensor | None) -> torch.Tensor:
         hidden = transformer.step(cond, si, x, cache)
-        if si == 0:
-            hidden = hidden[:, -1:]  # scale 0 is predicted from the last context slot
-        idx, logits, filtered, t = guided_sample(transformer.logits(hidden, cond), si, K, cfg, top_k, top_p,
-                                                 generator)
+        return hidden[:, -1:] if si == 0 else hidden  # scale 0 is predicted from the last context slot
+
+    def residual(hidden: torch.Tensor, codes: torch.Tensor, t: float) -> torch.Tensor:
+        z = transformer.diffusion_condition(hidden, codes).flatten(0, 1)
+        out = transformer.diffusion_head.sample(z.float(), cfg=t, generator=generator, noise_fn=noise_fn)
         if trace is not None:
-            trace.logits.append(logits)
-            trace.indices.append(idx)
-            trace.guidance.append(t)
-        if more_smooth:
-            ratio = min(si, K - 2) / (K - 1)
-            soft = gumbel_softmax(filtered * (1 + ratio), smooth_tau(ratio), generator)
-            codes = soft @ codebook.float()
-        else:
-            codes = codebook[idx].float()  # [B, n, Cvae]
-        if si < K - 1:
-            h = codes.transpose(1, 2).reshape(B, c.latent_dim, pn, pn)
-            f_hat, x = tokenizer.quantize.next_scale_input(si, f_hat, h)
-            x = x.repeat(2, 1, 1)  # both CFG streams see the same image so far
-            if callback is not None:
-                callback(si, K, _to_unit(tokenizer.decode_latent(f_hat)))
-            continue
-        if use_residual:
-            hard = codebook[idx]
-            z = transformer.diffusion_condition(hidden, torch.cat((hard, hard))).flatten(0, 1)
-            residual = transformer.diffusion_head.sample(
-                z.float(), cfg=t, generator=generator, noise_fn=noise_fn
-            )
-            if trace is not None:
-                trace.diffusion_condition, trace.diffusion_output = z, residual
-            codes = codes + residual[: B * pn * pn].view(B, pn * pn, -1)
-        h = codes.transpose(1, 2).reshape(B, c.latent_dim, pn, pn)
-        f_hat, _ = tokenizer.quantize.next_scale_input(si, f_hat, h)
-    if trace is not None:
-        trace.f_hat = f_hat
+            trace.diffusion_condition, trace.diffusion_output = z, out
+        return out
+
+    on_scale = None
     if callback is not None:
-        callback(K - 1, K, _to_unit(tokenizer.decode_latent(f_hat)))
+        def on_scale(si: int, f_hat: torch.Tensor) -> None:
+            callback(si, len(c.patch_nums), _to_unit(tokenizer.decode_latent(f_hat)))
+
+    f_hat, _ = sample_scales(
+        tokenizer.quantize, [(pn, pn) for pn in c.patch_nums], context.shape[0], step,
+        lambda hidden: transformer.logits(hidden, cond), residual,
+        ScaleSampling(cfg, top_k, top_p, more_smooth, use_residual),
+        generator=generator, on_scale=on_scale, trace=trace,
+    )
     return f_hat
 
 

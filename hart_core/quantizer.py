@@ -56,6 +56,41 @@ class HybridTokens:
         residual = None if self.residual is None else self.residual.to(device)
         return HybridTokens([i.to(device) for i in self.indices], residual, self.grids)
 
+    def select(self, rows: slice | Sequence[int] | torch.Tensor) -> HybridTokens:
+        """The given rows (a slice gives views, an index list copies)."""
+        residual = None if self.residual is None else self.residual[rows]
+        return HybridTokens([idx[rows] for idx in self.indices], residual, self.grids)
+
+    def rows(self) -> list[HybridTokens]:
+        """One HybridTokens per row, each with its own memory (not views that keep the batch alive)."""
+        return [self.select(slice(i, i + 1)).clone() for i in range(self.batch_size)]
+
+    def split(self, sizes: Sequence[int]) -> list[HybridTokens]:
+        """Consecutive row groups of the given sizes (e.g. the segments of each item), as views."""
+        if sum(sizes) != self.batch_size:
+            raise ValueError(f"row sizes {list(sizes)} do not add up to the batch of {self.batch_size}")
+        starts = np.cumsum([0, *sizes]).tolist()
+        return [self.select(slice(a, b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+    def clone(self) -> HybridTokens:
+        residual = None if self.residual is None else self.residual.clone()
+        return HybridTokens([i.clone() for i in self.indices], residual, self.grids)
+
+    @staticmethod
+    def concat(parts: Sequence[HybridTokens]) -> HybridTokens:
+        """Rows of several HybridTokens of one ladder stacked into one batch. The residual is kept
+        only when every part has one."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        grids = parts[0].grids
+        for p in parts[1:]:
+            if p.grids != grids:
+                raise ValueError(f"cannot concatenate tokens of grids {p.grids} and {grids}")
+        residuals = [p.residual for p in parts]
+        residual = None if any(r is None for r in residuals) else torch.cat(residuals)
+        return HybridTokens([torch.cat([p.indices[k] for p in parts]) for k in range(len(grids))],
+                            residual, grids)
+
 
 def _as_grids(grids: Sequence[Grid | int]) -> tuple[Grid, ...]:
     out = tuple((g, g) if isinstance(g, int) else tuple(int(s) for s in g) for g in grids)

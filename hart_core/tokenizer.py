@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hart_core.checkpoint import (
-    CheckpointError,
+    check_model_type,
     load_checked,
     official_tokenizer_state,
     read_config,
@@ -174,12 +174,8 @@ class HARTTokenizer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> HARTTokenizer:
-        cfg = read_config(folder)
-        if cfg.get("model_type") != cls.MODEL_TYPE:
-            raise CheckpointError(
-                f"{folder}: model_type {cfg.get('model_type')!r} is not {cls.MODEL_TYPE!r}; "
-                "for a released HART tokenizer/ folder use HARTTokenizer.from_official"
-            )
+        cfg = check_model_type(folder, cls.MODEL_TYPE,
+                               "for a released HART tokenizer/ folder use HARTTokenizer.from_official")
         model = cls(TokenizerConfig.from_dict(cfg))
         load_checked(model, read_weights(folder, prefer_ema=False), str(folder))
         return model.eval()

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import (
-    CheckpointError,
+    check_model_type,
     load_checked,
     official_transformer_state,
     read_config,
@@ -338,12 +338,8 @@ class HARTTransformer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> HARTTransformer:
-        cfg = read_config(folder)
-        if cfg.get("model_type") != cls.MODEL_TYPE:
-            raise CheckpointError(
-                f"{folder}: model_type {cfg.get('model_type')!r} is not {cls.MODEL_TYPE!r}; "
-                "for a released HART llm/ folder use HARTTransformer.from_official"
-            )
+        cfg = check_model_type(folder, cls.MODEL_TYPE,
+                               "for a released HART llm/ folder use HARTTransformer.from_official")
         model = cls(TransformerConfig.from_dict(cfg))
         load_checked(model, read_weights(folder, prefer_ema=False), str(folder))
         return model.eval()

@@ -6,14 +6,18 @@ from hart_core.quantizer import Grid, HybridTokens
 from .base import CODEC_REGISTRY, ModalityCodec, load_codec, register_codec
 from .image import ImageBatch, ImageCodec, debug_image_codec
 from .text import (
+    AUDIO_SPECIALS,
     DEFAULT_SPECIALS,
     VIDEO_SPECIALS,
     HFTextTokenizer,
     SentencePieceTextTokenizer,
     TextTokenizer,
+    item_specials,
+    specials_for,
 )
 
 __all__ = [
+    "AUDIO_SPECIALS",
     "CODEC_REGISTRY",
     "DEFAULT_SPECIALS",
     "Grid",
@@ -26,6 +30,8 @@ __all__ = [
     "TextTokenizer",
     "VIDEO_SPECIALS",
     "debug_image_codec",
+    "item_specials",
     "load_codec",
     "register_codec",
+    "specials_for",
 ]

@@ -25,6 +25,20 @@ import sentencepiece as spm
 
 DEFAULT_SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<sep>")
 VIDEO_SPECIALS: tuple[str, ...] = ("<bov>", "<eov>")  # e.g. train(specials=DEFAULT_SPECIALS + VIDEO_SPECIALS)
+AUDIO_SPECIALS: tuple[str, ...] = ("<boa>", "<eoa>")
+_ITEM_SPECIALS = {"image": ("<boi>", "<eoi>"), "video": VIDEO_SPECIALS, "audio": AUDIO_SPECIALS}
+
+
+def item_specials(modality: str) -> tuple[str, str]:
+    """The (begin, end) specials around an item of this modality: <boi>/<eoi> for images, <bov>/<eov>
+    for video, <boa>/<eoa> for audio, <bo:NAME>/<eo:NAME> for any other."""
+    return _ITEM_SPECIALS.get(modality, (f"<bo:{modality}>", f"<eo:{modality}>"))
+
+
+def specials_for(modalities: Iterable[str]) -> tuple[str, ...]:
+    """DEFAULT_SPECIALS plus the begin/end specials of the given modalities (for `TextTokenizer.train`)."""
+    extra = [s for m in modalities for s in item_specials(m) if s not in DEFAULT_SPECIALS]
+    return DEFAULT_SPECIALS + tuple(dict.fromkeys(extra))
 
 META_NAME = "text_tokenizer.json"
 SPM_NAME = "spm.model"
@@ -73,6 +87,10 @@ class TextTokenizer(ABC):
     def _load_files(cls, folder: Path, specials: tuple[str, ...]) -> TextTokenizer: ...
 
     # ------------------------------------------------------------------ specials
+    @property
+    def specials(self) -> tuple[str, ...]:
+        return tuple(self._special_ids)
+
     @property
     def special_ids(self) -> dict[str, int]:
         return dict(self._special_ids)

@@ -76,7 +76,9 @@ class UnifiedTask:
         codec = load_codec(self.artifacts / "codec")
         settings = {f.name for f in dataclasses.fields(UnifiedConfig)} - {"backbone", "heads"}
         unified_kwargs = {k: m[k] for k in settings if k in m}
-        head = HeadConfig(modality="image", **m.get("head", {}))
+        # sampling defaults are per modality now; a recipe may still set them at the model level
+        moved = {k: m[k] for k in ("default_cfg", "default_top_k") if k in m}
+        head = HeadConfig(modality="image", **{**moved, **m.get("head", {})})
         backbone = m.get("backbone")
         if backbone is None:
             raise ValueError("model.backbone is required: a transformers config dict or a local LLM folder")
@@ -95,12 +97,10 @@ class UnifiedTask:
     # -- training ------------------------------------------------------------------------------
 
     def examples(self, model: UnifiedModel, samples: list[dict], generator: torch.Generator) -> list[Example]:
-        from unified.model import split_tokens
-
         if all("tokens" in s for s in samples):  # pre-tokenised (token_cache)
             rows = [s["tokens"] for s in samples]
         else:
-            rows = split_tokens(model.codecs["image"].encode([s["image"] for s in samples]))
+            rows = model.codecs["image"].encode([s["image"] for s in samples]).rows()
         out = []
         for s, t in zip(samples, rows, strict=True):
             w = torch.tensor([self.weights["t2i"] if s.get("caption") else 0.0,

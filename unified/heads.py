@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from hart_core.diffusion import ResidualDiffusionHead
 from hart_core.layers import RMSNorm
+from modalities import item_specials
 
 HEADS: dict[str, type] = {}
 
@@ -33,15 +34,30 @@ def register_head(name: str):
 
 @dataclass
 class HeadConfig:
+    """One modality's head, and how that modality is sampled by default."""
+
     modality: str = "image"
     head_type: str = "hybrid"
     diff_width: int = 256
     diff_depth: int = 3
     num_sampling_steps: str = "8"
     diffusion_batch_mul: int = 4
+    vae_scale: float = 0.6  # residuals are divided by it for the diffusion head (HART's value for images)
     # add to the free per-code logits a score tied to the codebook, (W h) . e_k: codes whose latents
     # are alike get alike logits, so what is learned about one code carries over to its neighbours
     codebook_logits: bool = False
+    # sampling defaults of this modality (a model's own best, chosen after training)
+    default_cfg: float = 3.0
+    # None follows HART's released schedule (600, then 300); 1 is greedy (on the default model it helps
+    # training-split prompts but draws only seen combinations)
+    default_top_k: int | None = None
+    # specials around an item of this modality; "" = the modality's own (modalities.item_specials)
+    begin: str = ""
+    end: str = ""
+
+    def __post_init__(self) -> None:
+        default_begin, default_end = item_specials(self.modality)
+        self.begin, self.end = self.begin or default_begin, self.end or default_end
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,7 +84,7 @@ class ModalityHead(nn.Module):
         self.cond_norm = RMSNorm(hidden, norm_eps)
         self.diffusion = ResidualDiffusionHead(
             target_channels=latent_dim, z_channels=hidden, width=config.diff_width, depth=config.diff_depth,
-            num_sampling_steps=config.num_sampling_steps,
+            num_sampling_steps=config.num_sampling_steps, vae_scale=config.vae_scale,
         )
 
     def embed(self, group: int, latent_tokens: torch.Tensor | None, batch: int, n: int) -> torch.Tensor:

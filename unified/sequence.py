@@ -1,20 +1,15 @@
 """The sequence format: text and modality items in one token stream, by one rule for every modality.
 
-A row is a list of segments: `Text` (token ids) and `Item` (an image now; a video or audio clip later).
-An item the model writes (`loss=True`, or generated) of K scales occupies K groups of positions
-(scale k's group predicts scale k's codes; its input is the start embedding for k = 0, else the
-downsampled latent after scales < k), plus, when something reads the item afterwards (`full=True`),
-one more group holding the complete latent, so text after an image sees all of it. An item that is
-only read (a caption's or a question's image) is that one latent group: its scale groups would
-predict nothing and hold nothing the complete latent lacks, and they are 2/3 of a 32px caption row.
+A row is a list of parts: `Text` (token ids) and `Item` (an image, a video, an audio clip: one
+HybridTokens row per segment). Where an item's codes go is the item's `ItemPattern` (pattern.py):
+scale groups for an item the model writes, complete-latent groups for what is read afterwards.
 
 Every position gets:
 - a block id: attention is allowed from a query to a key whose block id is <= its own. Text tokens
   are one block each (causal), an item group is one block (bidirectional inside a scale, causal
-  across scales); text after an item sees the whole item;
-- a (t, h, w) position: text (p, p, p); an item placed at p0 puts cell (r, c) of a scale with grid
-  (g_h, g_w) at (p0 + segment, p0 + r * G_h / g_h, p0 + c * G_w / g_w), G the last (latent) grid, and
-  1-D grids use h = p0; text after the item continues at p0 + max(G, segments).
+  across scales and segments); text after an item sees the whole item;
+- a (t, h, w) position: text (p, p, p); an item placed at p0 takes the pattern's positions + p0, and
+  text after it continues at p0 + pattern.extent.
 """
 
 from __future__ import annotations
@@ -23,9 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hart_core.quantizer import HybridTokens
+from hart_core.quantizer import Grid, HybridTokens
 
-Grid = tuple[int, ...]
+from .pattern import ItemPattern
+
 IGNORE = -100
 
 
@@ -37,30 +33,41 @@ class Text:
 
 @dataclass
 class Item:
-    modality: str
-    tokens: HybridTokens | None = None  # one row; None while it is being generated
-    loss: bool = False  # train the model to produce this item
-    full: bool = False  # append the complete latent as a last group (something reads the item)
+    """An item in a row: `tokens` holds one row per segment (None: no segment laid out yet)."""
 
-    @property
-    def scale_groups(self) -> bool:
-        """Whether the item lays out its K scale groups: only when the model writes it."""
-        return self.loss or not self.full
+    modality: str
+    tokens: HybridTokens | None = None
+    loss: bool = False  # train the model to write it
+    read: bool = False  # what follows reads it whole (its complete latents)
+    written: bool | None = None  # laid out as the model writes it (scale groups); default: `loss`
+
+    def __post_init__(self) -> None:
+        if self.written is None:
+            self.written = self.loss
+        if self.loss and not self.written:
+            raise ValueError("an item trained to be written must be laid out as written")
+
+
+
+Part = Text | Item
 
 
 @dataclass
 class ItemLayout:
     """Where an item landed in the batch."""
 
-    modality: str
     row: int
     start: int  # column of its first position
-    group_sizes: tuple[int, ...]
-    segment: Item
+    pattern: ItemPattern
+    item: Item
+
+    @property
+    def modality(self) -> str:
+        return self.item.modality
 
     @property
     def length(self) -> int:
-        return sum(self.group_sizes)
+        return self.pattern.length
 
 
 @dataclass
@@ -97,34 +104,17 @@ def attention_mask(q_block, q_valid, k_block, k_valid) -> torch.Tensor:
     return torch.where(q_valid[:, :, None], allowed, own[None])
 
 
-def group_positions(grid: Grid, final: Grid, p0: float, segment: int = 0) -> torch.Tensor:
-    """(t, h, w) of every cell of one scale, row-major: [prod(grid), 3]."""
-    if len(grid) == 2:
-        (gh, gw), (fh, fw) = grid, final
-        r = torch.arange(gh).repeat_interleave(gw) / gh * fh
-        c = torch.arange(gw).repeat(gh) / gw * fw
-    else:
-        (gl,), (fl,) = grid, final
-        c = torch.arange(gl) / gl * fl
-        r = torch.zeros_like(c)
-    t = torch.full_like(c, float(segment))
-    return torch.stack((t, r, c), dim=-1) + p0
-
-
-def item_extent(grids: tuple[Grid, ...], segments: int = 1) -> int:
-    return max(max(grids[-1]), segments)
-
-
 class SequenceBuilder:
-    """Turns rows of segments into padded tensors. `grids[modality]` is that codec's scale grids."""
+    """Turns rows of parts into padded tensors. `grids[modality]` is that codec's scale grids."""
 
     def __init__(self, grids: dict[str, tuple[Grid, ...]], pad_id: int):
         self.grids = grids
         self.pad_id = pad_id
 
-    def group_sizes(self, modality: str, item: Item) -> tuple[int, ...]:
-        sizes = tuple(int(torch.tensor(g).prod()) for g in self.grids[modality])
-        return (sizes if item.scale_groups else ()) + ((sizes[-1],) if item.full else ())
+    def pattern(self, modality: str, segments: int = 1, written: bool = True, read: bool = False) -> ItemPattern:
+        if modality not in self.grids:
+            raise ValueError(f"no codec for modality {modality!r} (known: {sorted(self.grids)})")
+        return ItemPattern(self.grids[modality], segments, written, read)
 
     def build(self, rows: list[list[Text | Item]], pad_side: str = "right") -> SequenceBatch:
         if pad_side not in ("left", "right"):
@@ -147,43 +137,43 @@ class SequenceBuilder:
             block[b, sl] = torch.tensor(r["block"])
             positions[b, sl] = torch.stack(r["positions"]) if n else positions[b, sl]
             targets[b, sl] = torch.tensor(r["targets"], dtype=torch.long)
-            for start, sizes, seg in r["items"]:
-                items.append(ItemLayout(seg.modality, b, off + start, sizes, seg))
+            for start, pattern, item in r["items"]:
+                items.append(ItemLayout(b, off + start, pattern, item))
         return SequenceBatch(
             text_ids, valid, block, positions, targets, items,
             next_position=torch.tensor([r["next_position"] for r in per_row], dtype=torch.float),
             next_block=torch.tensor([r["next_block"] for r in per_row], dtype=torch.long),
         )
 
-    def _layout(self, row: list[Text | Item]) -> dict:
+    def _layout(self, row: list[Part]) -> dict:
         ids, block, positions, targets, items = [], [], [], [], []
         p, b = 0.0, 0
-        for seg in row:
-            if isinstance(seg, Text):
-                for tok in seg.ids:
-                    if seg.loss and ids:
+        for part in row:
+            if isinstance(part, Text):
+                for tok in part.ids:
+                    if part.loss and ids:
                         targets[-1] = tok  # the previous position predicts this token
                     ids.append(tok)
                     block.append(b)
                     positions.append(torch.full((3,), p))
                     targets.append(IGNORE)
                     p, b = p + 1, b + 1
-            elif isinstance(seg, Item):
-                if seg.modality not in self.grids:
-                    raise ValueError(f"no codec for modality {seg.modality!r} (known: {sorted(self.grids)})")
-                grids = self.grids[seg.modality]
-                sizes = self.group_sizes(seg.modality, seg)
-                items.append((len(ids), sizes, seg))
-                first = 0 if seg.scale_groups else len(grids)
-                for k, n in enumerate(sizes, start=first):
-                    grid = grids[min(k, len(grids) - 1)]
-                    positions.extend(group_positions(grid, grids[-1], p).unbind(0))
-                    ids.extend([self.pad_id] * n)
-                    block.extend([b] * n)
-                    targets.extend([IGNORE] * n)
-                    b += 1
-                p += item_extent(grids)
+            elif isinstance(part, Item):
+                if part.tokens is None:
+                    raise ValueError(f"a {part.modality} item in a row needs its tokens (generation writes "
+                                     "items after the row, it does not lay out empty ones)")
+                pattern = self.pattern(part.modality, part.tokens.batch_size, bool(part.written), part.read)
+                if part.tokens.grids != pattern.grids:
+                    raise ValueError(f"{part.modality} tokens have grids {part.tokens.grids}, its codec "
+                                     f"uses {pattern.grids}")
+                items.append((len(ids), pattern, part))
+                positions.extend(pattern.positions(p).unbind(0))
+                ids.extend([self.pad_id] * pattern.length)
+                block.extend((pattern.relative_blocks + b).tolist())
+                targets.extend([IGNORE] * pattern.length)
+                b += pattern.num_blocks
+                p += pattern.extent
             else:
-                raise TypeError(f"unknown segment {seg!r}")
+                raise TypeError(f"unknown row part {part!r}")
         return dict(ids=ids, block=block, positions=positions, targets=targets, items=items,
                     next_position=p, next_block=b)

@@ -66,8 +66,8 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None
     from recipes.eval.digits_classifier import default_classifier
 
     size = model.codecs["image"].image_size[0]
-    cfg = model.config.default_cfg if cfg is None else cfg
-    top_k = model.config.default_top_k if top_k is None else top_k
+    cfg = model.config.head("image").default_cfg if cfg is None else cfg
+    top_k = model.config.head("image").default_top_k if top_k is None else top_k
     world = ShapesWorld(seed=0, image_size=size)
     bar = tqdm(total=5, desc="eval", disable=not progress)
     out: dict = {}

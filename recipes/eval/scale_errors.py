@@ -69,8 +69,8 @@ def scale_errors(model, n: int = 200, split: str = "train", batch_size: int = 50
         sized = [a["size"] for a in group if a["size"] is not None]
         by_count[str(k)]["size"] = float(np.mean(sized)) if sized else None
     return {"rows": rows, "attributes": by_count, "settings": {"n": n, "split": split, "seed": seed,
-                                       "cfg": model.config.default_cfg if cfg is None else cfg,
-                                       "top_k": model.config.default_top_k if top_k is None else top_k,
+                                       "cfg": model.config.head("image").default_cfg if cfg is None else cfg,
+                                       "top_k": model.config.head("image").default_top_k if top_k is None else top_k,
                                        "objects": {int(k): int((counts == k).sum()) for k in set(counts.tolist())}}}
 
 

@@ -10,8 +10,7 @@ from PIL import Image, ImageDraw
 
 from hart_core.quantizer import HybridTokens
 from modalities import TextTokenizer, debug_image_codec
-from unified import Example, HeadConfig, UnifiedModel
-from unified.model import split_tokens
+from unified import Example, HeadConfig, UnifiedConfig, UnifiedModel
 from unified.sequence import Item, Text
 
 SHAPES = {
@@ -90,7 +89,7 @@ def test_text_path_of_the_backbone_is_the_plain_llm(kind):
 def test_block_causal_mask(model):
     """Perturbing scale k's inputs changes no logit of an earlier scale and changes later ones."""
     _, tokens = images_and_tokens(model)
-    rows = [model.row("t2i", t, "a red circle") for t in split_tokens(tokens)[:2]]
+    rows = [model.row("t2i", t, "a red circle") for t in tokens.rows()[:2]]
     batch = model.builder.build(rows)
     head, n = model.heads["image"], model.codecs["image"].tokens_per_scale
 
@@ -142,8 +141,8 @@ def test_generation_is_seeded(model):
                              callback=lambda k, n, img: previews.append((k, n, img)))
     assert [p[0] for p in previews] == list(range(4)) and previews[-1][1] == 4
     torch.testing.assert_close(previews[-1][2], b)
-    # without a cfg the model's own default_cfg is used
-    model.config.default_cfg = 1000.0  # far from 1.0, so the samples must differ
+    # without a cfg the image head's own default_cfg is used
+    model.config.head("image").default_cfg = 1000.0  # far from 1.0, so the samples must differ
     c = model.generate_image(["a blue square"], top_k=30, seed=0)
     assert torch.equal(c, model.generate_image(["a blue square"], cfg=1000.0, top_k=30, seed=0))
     assert not torch.equal(c, a)
@@ -151,7 +150,7 @@ def test_generation_is_seeded(model):
     plain = {"cfg": 1.0, "use_residual": False}
     assert not torch.equal(model.generate_image(["a blue square"], seed=0, **plain),
                            model.generate_image(["a blue square"], seed=1, **plain))
-    model.config.default_top_k = 1
+    model.config.head("image").default_top_k = 1
     d = model.generate_image(["a blue square"], seed=0, **plain)
     assert torch.equal(d, model.generate_image(["a blue square"], seed=1, **plain))
     assert torch.equal(d, model.generate_image(["a blue square"], top_k=1, seed=5, **plain))
@@ -189,7 +188,7 @@ def test_learns_both_directions_and_round_trips(tmp_path):
     separate_shapes_in_codebook(model, images)
     images, tokens = images_and_tokens(model)
     assert len({t[0] for t in tokens.indices[0].tolist()}) == 4
-    rows = split_tokens(tokens)
+    rows = tokens.rows()
     captions = list(SHAPES)
     examples = [Example("t2i", r, c) for r, c in zip(rows, captions, strict=True)]
     examples += [Example("caption", r, c) for r, c in zip(rows, captions, strict=True)]
@@ -239,10 +238,12 @@ def test_bad_inputs(tmp_path, model):
         model.generate_image([" "])
     with pytest.raises(ValueError, match="max_length"):
         model.generate_image(["a red circle " * 100])
-    with pytest.raises(ValueError, match="2 images but 1 questions"):
+    with pytest.raises(ValueError, match="2 items but 1 questions"):
         model.answer([draw(*SHAPES["a red circle"])] * 2, ["what shape is it"])
     with pytest.raises(ValueError, match="unknown task"):
         model.row("video", None)
+    with pytest.raises(ValueError, match="no 'video' head"):
+        model.row("t2i", None, "a red circle", modality="video")
     model.save_pretrained(tmp_path / "m")
     import shutil
 
@@ -257,7 +258,7 @@ def test_training_batches_split_by_task_give_the_same_loss_and_gradients(model):
     """t2i rows and caption / QA rows in separate batches: shorter padding, same loss, same gradients,
     the same random draws (caption dropout, diffusion noise) as one mixed batch."""
     _, tokens = images_and_tokens(model)
-    rows, names = split_tokens(tokens), list(SHAPES)
+    rows, names = tokens.rows(), list(SHAPES)
     examples = [Example("t2i", rows[0], names[0]), Example("caption", rows[1], names[1]),
                 Example("t2i", rows[2], names[2]), Example("qa", rows[3], "yes", "shape?"),
                 Example("caption", rows[0], names[0])]
@@ -289,7 +290,7 @@ def test_token_loss_weighting(weighting):
     model.config.token_loss_weighting = weighting
     model.config.caption_dropout = 0.0
     images, tokens = images_and_tokens(model)
-    examples = [Example("t2i", t, name) for t, name in zip(split_tokens(tokens), SHAPES, strict=True)]
+    examples = [Example("t2i", t, name) for t, name in zip(tokens.rows(), SHAPES, strict=True)]
     batch = model.training_batch(examples, torch.Generator().manual_seed(0))
     losses = model(batch, torch.Generator().manual_seed(0))
     hidden = model.backbone(model.embed(batch), batch.positions, batch.attention_mask())
@@ -301,9 +302,8 @@ def test_token_loss_weighting(weighting):
     assert torch.allclose(losses["token_ce"], expected, atol=1e-6)
     if weighting == "scale":  # the two differ, or the option would do nothing
         assert not torch.allclose(expected, ce.mean(), atol=1e-4)
-    model.config.token_loss_weighting = "codes"
     with pytest.raises(ValueError, match="token_loss_weighting"):
-        UnifiedModel(model.config, model.text, model.codecs)
+        UnifiedConfig.from_dict({**model.config.to_dict(), "token_loss_weighting": "codes"})
 
 
 def test_codebook_tied_logits(tmp_path):
@@ -335,14 +335,14 @@ def test_sequence_layout_positions_and_blocks(model):
     """Image cells sit on the final grid after the text; text after an item continues past it. An
     image the model writes has its scale groups; an image it only reads is its complete latent."""
     _, tokens = images_and_tokens(model)
-    one = split_tokens(tokens)[0]
+    one = tokens.rows()[0]
     grids = model.codecs["image"].grids
     G = grids[-1][0]
 
     written = model.builder.build([model.row("t2i", one, "a red circle")])
     item, pos, block = written.items[0], written.positions[0], written.block[0]
     p0 = item.start  # <bos> caption <boi>
-    assert item.group_sizes == (1, 4, 9, 16)
+    assert [g.size for g in item.pattern.groups] == [1, 4, 9, 16]
     assert torch.equal(pos[item.start], torch.tensor([p0, p0, p0], dtype=torch.float))  # scale 0: one cell
     # scale 1 (2x2) is stretched to the 4x4 grid: rows/cols 0 and 2
     s1 = pos[item.start + 1 : item.start + 5]
@@ -353,15 +353,15 @@ def test_sequence_layout_positions_and_blocks(model):
     row = model.row("caption", one, "a red circle")
     read = model.builder.build([row])
     item, pos, block = read.items[0], read.positions[0], read.block[0]
-    assert isinstance(row[1], Item) and row[1].full and not row[1].scale_groups
-    assert item.start == 2 and item.group_sizes == (G * G,)  # <bos> <boi>, then the latent alone
+    assert isinstance(row[1], Item) and row[1].read and not row[1].written
+    assert item.start == 2 and [g.size for g in item.pattern.groups] == [G * G]  # <bos> <boi>, the latent alone
     assert pos[2 : 2 + G * G, 1].tolist() == [2 + r for r in range(G) for _ in range(G)]
     assert len(set(block[2 : 2 + G * G].tolist())) == 1
     after = item.start + item.length
     assert pos[after].tolist() == [2 + G] * 3  # <eoi>
     assert block[after] == block[after - 1] + 1
     # the latent group's inputs are the complete latent's, as in a written item followed by a reader
-    both = model.builder.build([[model.row("t2i", one, "a red circle")[0], Item("image", one, loss=True, full=True)]])
+    both = model.builder.build([[model.row("t2i", one, "a red circle")[0], Item("image", one, loss=True, read=True)]])
     x_both, x_read = model.embed(both.to(model.device)), model.embed(read.to(model.device))
     last = both.items[0].start + both.items[0].length
     assert torch.allclose(x_both[0, last - G * G : last], x_read[0, 2 : 2 + G * G])
