@@ -5,6 +5,7 @@ from hart_core.quantizer import Grid, HybridTokens
 
 from .base import CODEC_REGISTRY, ModalityCodec, load_codec, register_codec
 from .image import ImageBatch, ImageCodec, debug_image_codec
+from .latent import LatentCodec, LatentCodecConfig, debug_latent_codec
 from .text import (
     AUDIO_SPECIALS,
     DEFAULT_SPECIALS,
@@ -25,11 +26,14 @@ __all__ = [
     "HybridTokens",
     "ImageBatch",
     "ImageCodec",
+    "LatentCodec",
+    "LatentCodecConfig",
     "ModalityCodec",
     "SentencePieceTextTokenizer",
     "TextTokenizer",
     "VIDEO_SPECIALS",
     "debug_image_codec",
+    "debug_latent_codec",
     "item_specials",
     "load_codec",
     "register_codec",

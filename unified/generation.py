@@ -43,6 +43,7 @@ class GenerationMixin:
         use_residual: bool = True,
         callback: PreviewFn | None = None,
         return_tokens: bool = False,
+        then_text: int = 0,
         use_cache: bool = True,
     ):
         """Write one item of `segments` segments after each prompt; returns the codec's decode of all of
@@ -55,6 +56,8 @@ class GenerationMixin:
         layout to complete, or the truth when measuring which scales a model gets wrong.
         cfg / top_k: None uses the modality's defaults (its HeadConfig's default_cfg / default_top_k).
         return_tokens: also return per row a HybridTokens of all its segments (given ones included).
+        then_text: after the item, its end special and then up to this many tokens of text the model
+        writes about it in the same sequence (greedy), returned last.
         """
         head_cfg = self.config.head(modality)
         sampling = ScaleSampling(head_cfg.default_cfg if cfg is None else cfg,
@@ -80,8 +83,10 @@ class GenerationMixin:
         rows = [self.row(template.name, None, p or None, modality=modality) for p in prompts]
         rows += [self.row(template.name, None, None, modality=modality) for _ in prompts]
         pattern = self.builder.pattern(modality, segments, written=True)
+        if then_text:
+            pattern = self.builder.pattern(modality, segments, written=True, read=True)
         session = DecodingSession(self, self.builder.build(rows, pad_side="left").to(self.device),
-                                  reserve=pattern.length, use_cache=use_cache)
+                                  reserve=pattern.length + 1 + then_text, use_cache=use_cache)
         cursor = session.open_item(pattern)
         written = [t.to(self.device) for t in given]
         latents: list[torch.Tensor] = [self._feed_given(session, cursor, modality, written)] if k else []
@@ -93,14 +98,18 @@ class GenerationMixin:
             segment_tokens.append(tokens)
         session.close_item(cursor)
         out = codec.decode_latent(torch.cat(latents, dim=1).flatten(0, 1))  # [B * segments, ...]
-        out = out if segments == 1 else out.unflatten(0, (B, segments))
-        if not return_tokens:
-            return out
-        items = []
-        for b in range(B):
-            new = [t.select(slice(b, b + 1)) for t in segment_tokens]
-            items.append(HybridTokens.concat([written[b], *new] if k else new))
-        return out, items
+        results = [out if segments == 1 else out.unflatten(0, (B, segments))]
+        if return_tokens:
+            items = []
+            for b in range(B):
+                new = [t.select(slice(b, b + 1)) for t in segment_tokens]
+                items.append(HybridTokens.concat([written[b], *new] if k else new))
+            results.append(items)
+        if then_text:
+            end = self._specials[modality].end
+            session.feed_text(torch.full((2 * B, 1), end, dtype=torch.long, device=self.device))
+            results.append(self.write_text(session, then_text)[:B])
+        return results[0] if len(results) == 1 else tuple(results)
 
     def _feed_given(self, session: DecodingSession, cursor: ItemCursor, modality: str,
                     given: list[HybridTokens]) -> torch.Tensor:
