@@ -72,9 +72,9 @@ def generate_latent(
         hidden = transformer.step(cond, si, x, cache)
         return hidden[:, -1:] if si == 0 else hidden  # scale 0 is predicted from the last context slot
 
-    def residual(hidden: torch.Tensor, codes: torch.Tensor, t: float) -> torch.Tensor:
+    def residual(hidden: torch.Tensor, codes: torch.Tensor, guidance: float) -> torch.Tensor:
         z = transformer.diffusion_condition(hidden, codes).flatten(0, 1)
-        out = transformer.diffusion_head.sample(z.float(), cfg=t, generator=generator, noise_fn=noise_fn)
+        out = transformer.diffusion_head.sample(z.float(), cfg=guidance, generator=generator, noise_fn=noise_fn)
         if trace is not None:
             trace.diffusion_condition, trace.diffusion_output = z, out
         return out

@@ -63,7 +63,7 @@ class GuidedSample(NamedTuple):
     indices: torch.Tensor  # [B, l]
     logits: torch.Tensor  # guided logits [B, l, V]
     filtered: torch.Tensor  # the guided logits after top-k / top-p
-    weight: float  # the guidance weight t of this scale
+    weight: float  # the guidance weight of this scale: guided = (1 + weight) * cond - weight * uncond
 
 
 def guided_sample(
@@ -79,11 +79,11 @@ def guided_sample(
     unified model's loops. logits [2B, l, V]: the conditional stream, then the unconditional one.
     top_k=None follows the released sampler."""
     B, V = logits.shape[0] // 2, logits.shape[-1]
-    t = cfg_weight(cfg, scale, num_scales)
-    guided = (1 + t) * logits[:B] - t * logits[B:]
+    weight = cfg_weight(cfg, scale, num_scales)
+    guided = (1 + weight) * logits[:B] - weight * logits[B:]
     k = official_top_k(scale) if top_k is None else top_k
     idx, filtered = sample_tokens(guided, min(k, V), top_p, generator)
-    return GuidedSample(idx, guided, filtered, t)
+    return GuidedSample(idx, guided, filtered, weight)
 
 
 def gumbel_softmax(

@@ -12,8 +12,8 @@ and no sequence layout:
 
     step(scale, x)                 -> hidden [2B, n, D]; x: input tokens [2B, n, C] (None at scale 0)
     logits(hidden)                 -> [2B, n, V]
-    residual(hidden, codes, t)     -> [2B * n, C]; codes: the sampled codes' latents for both streams,
-                                      t: the CFG weight of the last scale
+    residual(hidden, codes, guidance) -> [2B * n, C]; codes: the sampled codes' latents for both
+                                      streams, guidance: the CFG weight of the last scale
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class ScaleTrace:
 
     logits: list[torch.Tensor] = field(default_factory=list)  # guided logits per scale [B, n_k, V]
     indices: list[torch.Tensor] = field(default_factory=list)  # sampled codes per scale [B, n_k]
-    guidance: list[float] = field(default_factory=list)  # CFG weight t per scale
+    guidance: list[float] = field(default_factory=list)  # CFG weight per scale
     f_hat: torch.Tensor | None = None  # the final latent
 
 
@@ -85,7 +85,7 @@ def sample_scales(
     x = None
     for si, grid in enumerate(grids):
         hidden = step(si, x)
-        idx, guided, filtered, t = guided_sample(logits(hidden), si, K, sampling.cfg, sampling.top_k,
+        idx, guided, filtered, guidance = guided_sample(logits(hidden), si, K, sampling.cfg, sampling.top_k,
                                                  sampling.top_p, generator)
         if si < len(prefix):
             idx = prefix[si].to(idx.device, torch.long)
@@ -93,7 +93,7 @@ def sample_scales(
         if trace is not None:
             trace.logits.append(guided)
             trace.indices.append(idx)
-            trace.guidance.append(t)
+            trace.guidance.append(guidance)
         if sampling.more_smooth:
             ratio = min(si, K - 2) / (K - 1)
             codes = gumbel_softmax(filtered * (1 + ratio), smooth_tau(ratio), generator) @ codebook.float()
@@ -102,7 +102,7 @@ def sample_scales(
         if si == K - 1 and sampling.use_residual:
             hard = codebook[idx]
             n = idx.shape[1]
-            codes = codes + residual(hidden, torch.cat((hard, hard)), t)[: B * n].view(B, n, -1)
+            codes = codes + residual(hidden, torch.cat((hard, hard)), guidance)[: B * n].view(B, n, -1)
         f_hat, x = quantizer.next_scale_input(si, f_hat, codes.transpose(1, 2).reshape(B, C, *grid), grids)
         if si < K - 1:
             x = x.repeat(2, 1, 1)  # both CFG streams see the same latent so far

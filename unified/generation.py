@@ -133,9 +133,9 @@ class GenerationMixin:
 
         drawn = {}
 
-        def residual(hidden: torch.Tensor, codes: torch.Tensor, t: float) -> torch.Tensor:
+        def residual(hidden: torch.Tensor, codes: torch.Tensor, guidance: float) -> torch.Tensor:
             z = head.diffusion_condition(hidden, codes).flatten(0, 1)
-            drawn["residual"] = head.diffusion.sample(z, cfg=t, generator=gen)
+            drawn["residual"] = head.diffusion.sample(z, cfg=guidance, generator=gen)
             return drawn["residual"]
 
         on_scale = None
