@@ -11,31 +11,32 @@ import torch
 import torch.nn as nn
 
 from hart_core.tokenizer import HARTTokenizer, TokenizerConfig
-from modalities import ImageCodec, TextTokenizer, debug_image_codec, load_codec
+from modalities import ImageCodec, TextTokenizer, load_codec, specials_for
 from unified import Example, HeadConfig, UnifiedConfig, UnifiedModel
 from unified.sequence import IGNORE
 
+from .codecs import codec_folder, codec_specs, make_codec
 from .config import TrainConfig
+from .data.cache import encode_items
+from .data.decode import sample_modality
 
 TASKS = ("t2i", "caption", "qa")
 
 
 def save_grid(images: torch.Tensor, captions: list[str], path: Path) -> None:
-    """A row of images in [0, 1] with their prompts in a sidecar text file."""
-    from PIL import Image
-
+    """A row of images [B, 3, H, W] in [0, 1] with their prompts in a sidecar text file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    row = torch.cat(list(images.clamp(0, 1)), dim=2)  # [3, H, B*W]
-    Image.fromarray(row.mul(255).round().byte().permute(1, 2, 0).cpu().numpy()).save(path)
+    ImageCodec.to_pil(torch.cat(list(images), dim=2)[None])[0].save(path)  # [3, H, B*W]
     path.with_suffix(".txt").write_text("\n".join(captions) + "\n")
 
 
 class UnifiedTask:
-    """Mixed text-to-image / captioning / QA training of `UnifiedModel`.
+    """Mixed text-to-item / describing / QA training of `UnifiedModel`, over every modality it has a codec for.
 
     model settings (`cfg.model`): backbone (a transformers config dict, or a local LLM folder),
-    codec ("debug" or a codec / released HART tokenizer folder), text_tokenizer (a folder; default:
-    trained on the data's texts), head (HeadConfig fields), and UnifiedConfig fields (loss weights and
+    codecs ({modality: spec or {codec: spec, head: HeadConfig fields}}, see `recipes.codecs`; or the
+    legacy codec + head, an image codec), text_tokenizer (a folder; default: trained on the data's
+    texts, with every modality's specials), and UnifiedConfig fields (loss weights and
     token_loss_weighting, caption_dropout, diffusion_token, max_length).
     """
 
@@ -47,19 +48,20 @@ class UnifiedTask:
         if not any(weights.values()):
             raise ValueError(f"task_weights must give some weight to one of {TASKS}")
         self.weights = weights
+        self.specs = codec_specs(cfg.model)
 
-    # -- construction: rank 0 prepares the artifacts (codec, text tokenizer), everyone loads them
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities of the model, in the recipe's order (a sample's item is the first it holds)."""
+        return tuple(s.modality for s in self.specs)
+
+    # -- construction: rank 0 prepares the artifacts (codecs, text tokenizer), everyone loads them
 
     def prepare(self, samples_for_text) -> None:
         m = self.cfg.model
-        codec_spec = m.get("codec", "debug")
-        if codec_spec == "debug":
-            codec = debug_image_codec(self.cfg.seed, image_size=self.cfg.image_size)
-        elif (Path(codec_spec) / "codec.json").is_file():
-            codec = load_codec(codec_spec)
-        else:
-            codec = ImageCodec.from_official(codec_spec)
-        codec.save_pretrained(self.artifacts / "codec")
+        for spec in self.specs:
+            codec = make_codec(spec, self.cfg.seed, self.cfg.image_size)
+            codec.save_pretrained(self.artifacts / "codecs" / spec.modality)
         if m.get("text_tokenizer"):
             text = TextTokenizer.from_pretrained(m["text_tokenizer"])
         else:
@@ -67,24 +69,23 @@ class UnifiedTask:
             corpus = [s[f] for s in samples_for_text() for f in fields if s.get(f)]
             if not corpus:
                 raise ValueError("no texts in the data to train a text tokenizer on; set model.text_tokenizer")
-            text = TextTokenizer.train(corpus, vocab_size=int(m.get("text_vocab_size", 512)))
+            text = TextTokenizer.train(corpus, vocab_size=int(m.get("text_vocab_size", 512)),
+                                       specials=specials_for(self.modalities))
         text.save_pretrained(self.artifacts / "text_tokenizer")
 
     def build(self) -> UnifiedModel:
         m = self.cfg.model
         text = TextTokenizer.from_pretrained(self.artifacts / "text_tokenizer")
-        codec = load_codec(self.artifacts / "codec")
+        codecs = {spec.modality: load_codec(codec_folder(self.artifacts, spec.modality)) for spec in self.specs}
+        heads = [HeadConfig(modality=spec.modality, **spec.head) for spec in self.specs]
         settings = {f.name for f in dataclasses.fields(UnifiedConfig)} - {"backbone", "heads"}
         unified_kwargs = {k: m[k] for k in settings if k in m}
-        # sampling defaults are per modality now; a recipe may still set them at the model level
-        moved = {k: m[k] for k in ("default_cfg", "default_top_k") if k in m}
-        head = HeadConfig(modality="image", **{**moved, **m.get("head", {})})
         backbone = m.get("backbone")
         if backbone is None:
             raise ValueError("model.backbone is required: a transformers config dict or a local LLM folder")
         if isinstance(backbone, dict):
             backbone = {**backbone, "vocab_size": max(int(backbone.get("vocab_size", 0)), text.vocab_size)}
-        model = UnifiedModel.build(text, {"image": codec}, backbone, heads=[head], **unified_kwargs)
+        model = UnifiedModel.build(text, codecs, backbone, heads=heads, **unified_kwargs)
         (self.artifacts / "unified_config.json").write_text(json.dumps(model.config.to_dict(), indent=1))
         return model
 
@@ -92,17 +93,26 @@ class UnifiedTask:
         """The model skeleton for loading a checkpoint (no data, no pretrained download)."""
         config = UnifiedConfig.from_dict(json.loads((self.artifacts / "unified_config.json").read_text()))
         text = TextTokenizer.from_pretrained(self.artifacts / "text_tokenizer")
-        return UnifiedModel(config, text, {"image": load_codec(self.artifacts / "codec")})
+        codecs = {h.modality: load_codec(codec_folder(self.artifacts, h.modality)) for h in config.heads}
+        return UnifiedModel(config, text, codecs)
 
     # -- training ------------------------------------------------------------------------------
 
     def examples(self, model: UnifiedModel, samples: list[dict], generator: torch.Generator) -> list[Example]:
-        if all("tokens" in s for s in samples):  # pre-tokenised (token_cache)
-            rows = [s["tokens"] for s in samples]
-        else:
-            rows = model.codecs["image"].encode([s["image"] for s in samples]).rows()
+        """One example per sample: its item is the first the sample holds of the model's modalities
+        (pre-tokenised by the token cache, or encoded here, one batch per modality), its task drawn
+        by the task weights among those the sample's texts allow."""
+        modalities = [s.get("modality") or sample_modality(s, model.codecs) for s in samples]
+        for s, m in zip(samples, modalities, strict=True):
+            if m is None:
+                raise ValueError(f"sample {s.get('key')} holds no item of the model's modalities {list(model.codecs)}")
+        rows = [s.get("tokens") for s in samples]
+        for m in dict.fromkeys(modalities):
+            todo = [i for i, (mi, t) in enumerate(zip(modalities, rows, strict=True)) if mi == m and t is None]
+            for i, t in zip(todo, encode_items(model.codecs[m], [samples[i][m] for i in todo]), strict=True):
+                rows[i] = t
         out = []
-        for s, t in zip(samples, rows, strict=True):
+        for s, t, m in zip(samples, rows, modalities, strict=True):
             w = torch.tensor([self.weights["t2i"] if s.get("caption") else 0.0,
                               self.weights["caption"] if s.get("caption") else 0.0,
                               self.weights["qa"] if s.get("question") and s.get("answer") else 0.0])
@@ -110,7 +120,7 @@ class UnifiedTask:
                 w = torch.tensor([1.0, 0.0, 0.0])
             task = TASKS[int(torch.multinomial(w.to(generator.device), 1, generator=generator))]
             text = s.get("answer") if task == "qa" else s.get("caption")
-            out.append(Example(task, t, text, s.get("question") if task == "qa" else None))
+            out.append(Example(task, t, text, s.get("question") if task == "qa" else None, modality=m))
         return out
 
     def loss(self, model: UnifiedModel, samples: list[dict], generator: torch.Generator):
@@ -135,6 +145,10 @@ class UnifiedTask:
 
     @torch.no_grad()
     def samples(self, model: UnifiedModel, prompts: list[str], path: Path, write: bool) -> None:
+        """A grid of images from the prompts; sample grids are images, so a model without an image
+        codec writes none."""
+        if "image" not in model.codecs:
+            return
         images = model.generate_image(prompts, seed=0)  # the model's own default_cfg / default_top_k
         if write:
             save_grid(images, prompts, path)
@@ -152,6 +166,7 @@ class TokenizerTask:
     """
 
     name = "tokenizer"
+    modalities = ("image",)
 
     def __init__(self, cfg: TrainConfig, artifacts: Path):
         if cfg.zero_stage == 3:

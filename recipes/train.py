@@ -136,12 +136,12 @@ def peak_memory(device: torch.device) -> dict:
     return out
 
 
-def first_good(source, image_size: int) -> list[dict]:
+def first_good(source, image_size: int, modalities=None) -> list[dict]:
     from .data import decode_sample
 
     for i in range(len(source)):
         try:
-            return [decode_sample(source.raw(i), image_size)]
+            return [decode_sample(source.raw(i), image_size, modalities=modalities)]
         except Exception:
             continue
     raise RuntimeError("no decodable sample in the data")
@@ -168,7 +168,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         def texts():
             for i in range(min(len(source), 10_000)):
                 try:
-                    yield decode_sample(source.raw(i), cfg.image_size)
+                    yield decode_sample(source.raw(i), cfg.image_size, modalities=task.modalities)
                 except Exception:  # undecodable samples are counted by the loader during training
                     continue
 
@@ -194,12 +194,13 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             ema.load(load_file(str(ckpt_root / tag / f"ema_rank{rank:03d}.safetensors")))
         log.info("resumed from %s at step %d", tag, start)
 
-    cache = None
-    if cfg.token_cache and cfg.task == "unified":
+    caches = {}
+    if cfg.token_cache and cfg.task == "unified":  # one cache per modality, each keyed by its codec
         from .data import TokenCache
 
-        cache = TokenCache(cfg.token_cache, model.codecs["image"])
-    loader = GlobalBatchLoader(source, cfg.global_batch, cfg.micro_batch, cfg.seed, cfg.image_size, cache=cache)
+        caches = {m: TokenCache(cfg.token_cache, codec) for m, codec in model.codecs.items()}
+    loader = GlobalBatchLoader(source, cfg.global_batch, cfg.micro_batch, cfg.seed, cfg.image_size, cache=caches,
+                               modalities=task.modalities)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -222,7 +223,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             if samples:
                 last_good = samples
             else:  # every sample of this micro-batch was bad: run a zero-weight pass to keep the ranks in step
-                samples, weight = last_good or first_good(source, cfg.image_size), 0.0
+                samples, weight = last_good or first_good(source, cfg.image_size, task.modalities), 0.0
             loss, metrics, tokens = task.loss(engine.module, samples, g)  # metrics: floats, per micro-batch
             engine.backward(loss * weight)
             engine.step()

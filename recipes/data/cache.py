@@ -1,19 +1,21 @@
-"""Pre-tokenisation cache: image -> `HybridTokens` computed once per sample and codec.
+"""Pre-tokenisation cache: an item -> `HybridTokens` (its segments as rows), computed once per item and codec.
 
-Layout: `folder/<codec fingerprint[:16]>/<sha256(key)[:2]>/<sha256(key)[:40]>.safetensors`, one
-file per sample holding `indices.{k}` (int32) and `residual` (the codec's dtype), with the key,
-the full codec fingerprint, the grids and a hash of the pixels in the safetensors metadata.
+Layout: `folder/<codec fingerprint[:16]>/<digest[:2]>/<digest[:40]>.safetensors`, one file per item
+holding `indices.{k}` (int32) and `residual` (the codec's dtype), with the digest, the full codec
+fingerprint and the grids in the safetensors metadata. The digest (`recipes.data.decode.raw_digest`)
+hashes the sample's raw bytes and the decode settings (an image's size and resize mode), so the cache
+works the same for every modality and never hashes decoded pixels.
 
 * A changed codec (other weights or config) has another fingerprint, hence another folder: old
   tokens are never read for it (and stay on disk for the old codec).
-* An entry is reused only if key, fingerprint and pixels all match, so a changed image or a
-  changed resize setting recomputes instead of returning stale tokens.
+* An entry is reused only if its digest and fingerprint match, so changed bytes or a changed
+  resize setting recompute instead of returning stale tokens.
 * Writes are atomic (temporary file in the same folder, then `os.replace`), so ranks sharing a
   folder, or a run killed mid-write, never leave a half-written entry; unreadable entries are
   recomputed.
 
-Tokens are computed with `codec.encode` on the codec's device and stored/returned on the CPU.
-`get_many` encodes all misses in one batch; a batch may differ from single-image encoding in
+Tokens are computed with `encode_items` on the codec's device and stored/returned on the CPU.
+`get_many` encodes all misses in one batch; a batch may differ from single-item encoding in
 the last bits of the residual, but once stored, an entry is what every later call returns.
 """
 
@@ -26,9 +28,9 @@ import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -61,22 +63,22 @@ def _codec_config(codec: ModalityCodec) -> dict:
     return config
 
 
-def pixel_hash(image: Image.Image) -> str:
-    h = hashlib.sha256(f"{image.mode}:{image.size}\n".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()
+def encode_items(codec: ModalityCodec, items: Sequence[Any]) -> list[HybridTokens]:
+    """One HybridTokens per item, its segments as rows, from one batched `codec.encode`.
 
-
-def _rows(tokens: HybridTokens) -> list[HybridTokens]:
-    """A batch of tokens -> one HybridTokens per row (own memory, not views of the batch)."""
-    return [HybridTokens([idx[i : i + 1].clone() for idx in tokens.indices],
-                         None if tokens.residual is None else tokens.residual[i : i + 1].clone(), tokens.grids)
-            for i in range(tokens.batch_size)]
+    An item given as a tensor holds its segments on the first axis (a latent codec's [N, C, *G]); the
+    tensors are concatenated and the tokens split back. Any other item (a PIL image) is one segment,
+    and the codec takes the list of them."""
+    if not items:
+        return []
+    if all(isinstance(x, torch.Tensor) for x in items):
+        return [t.clone() for t in codec.encode(torch.cat(list(items))).split([len(x) for x in items])]
+    return codec.encode(list(items)).rows()
 
 
 class TokenCache:
-    """`get(key, image) -> HybridTokens` (one row), computed with `codec.encode` once and then read
-    from `folder`. `hits` / `misses` count lookups."""
+    """`get(item, digest) -> HybridTokens` (the item's segments as rows), computed with the codec of the
+    item's modality once and then read from `folder`. `hits` / `misses` count lookups."""
 
     def __init__(self, folder: str | os.PathLike, codec: ModalityCodec, fingerprint: str | None = None):
         self.codec = codec
@@ -86,42 +88,40 @@ class TokenCache:
         self.hits = 0
         self.misses = 0
 
-    def path(self, key: str) -> Path:
-        h = hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
-        return self.folder / h[:2] / f"{h}.safetensors"
+    @property
+    def modality(self) -> str:
+        return self.codec.name
 
-    def get(self, key: str, image: Image.Image) -> HybridTokens:
-        return self.get_many([key], [image])[0]
+    def path(self, digest: str) -> Path:
+        return self.folder / digest[:2] / f"{digest[:40]}.safetensors"
 
-    def get_many(self, keys: Sequence[str], images: Sequence[Image.Image]) -> list[HybridTokens]:
-        if len(keys) != len(images):
-            raise ValueError(f"{len(keys)} keys for {len(images)} images")
-        out: list[HybridTokens | None] = []
-        missing: list[int] = []
-        hashes = [pixel_hash(im) for im in images]
-        for n, (key, ph) in enumerate(zip(keys, hashes, strict=True)):
-            tokens = self._read(key, ph)
-            out.append(tokens)
-            if tokens is None:
-                missing.append(n)
-        self.hits += len(keys) - len(missing)
+    def get(self, item: Any, digest: str) -> HybridTokens:
+        return self.get_many([item], [digest])[0]
+
+    def get_many(self, items: Sequence[Any], digests: Sequence[str]) -> list[HybridTokens]:
+        """Tokens of every item; the misses are encoded in one batch, an item repeated in it once."""
+        if len(items) != len(digests):
+            raise ValueError(f"{len(items)} items for {len(digests)} digests")
+        found = {d: self._read(d) for d in dict.fromkeys(digests)}
+        missing = [d for d, tokens in found.items() if tokens is None]
         self.misses += len(missing)
+        self.hits += len(digests) - len(missing)
         if missing:
-            encoded = _rows(self.codec.encode([images[n] for n in missing]).to("cpu"))
-            for n, tokens in zip(missing, encoded, strict=True):
-                self._write(keys[n], hashes[n], tokens)
-                out[n] = tokens
-        return out
+            first = {d: n for n, d in reversed(list(enumerate(digests)))}
+            for d, tokens in zip(missing, encode_items(self.codec, [items[first[d]] for d in missing]), strict=True):
+                found[d] = tokens.to("cpu")
+                self._write(d, found[d])
+        return [found[d] for d in digests]
 
     # ------------------------------------------------------------------ files
-    def _read(self, key: str, ph: str) -> HybridTokens | None:
-        path = self.path(key)
+    def _read(self, digest: str) -> HybridTokens | None:
+        path = self.path(digest)
         if not path.is_file():
             return None
         try:
             with safe_open(path, framework="pt") as f:
                 meta = f.metadata() or {}
-                if (meta.get("key"), meta.get("fingerprint"), meta.get("pixels")) != (key, self.fingerprint, ph):
+                if (meta.get("digest"), meta.get("fingerprint")) != (digest, self.fingerprint):
                     return None
                 grids = [tuple(g) for g in json.loads(meta["grids"])]
                 indices = [f.get_tensor(f"indices.{k}").long() for k in range(len(grids))]
@@ -131,13 +131,13 @@ class TokenCache:
             log.debug("recomputing unreadable token cache entry %s (%s)", path, e)
             return None
 
-    def _write(self, key: str, ph: str, tokens: HybridTokens) -> None:
-        path = self.path(key)
+    def _write(self, digest: str, tokens: HybridTokens) -> None:
+        path = self.path(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"indices.{k}": idx.to(torch.int32).contiguous() for k, idx in enumerate(tokens.indices)}
         if tokens.residual is not None:
             tensors["residual"] = tokens.residual.contiguous()
-        meta = {"key": key, "fingerprint": self.fingerprint, "pixels": ph,
+        meta = {"digest": digest, "fingerprint": self.fingerprint,
                 "grids": json.dumps([list(g) for g in tokens.grids])}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:

@@ -4,10 +4,18 @@ Everything that can be wrong with one sample raises `BadSample` (the loader coun
 once and moves on); everything that is wrong with the setup raises something else (it stops the
 run). A decoded sample is
 
-    {"key": str, "source": str | None, "image": PIL RGB image of image_size,
-     "caption": str | None, "question": str | None, "answer": str | None}
+    {"key": str, "source": str | None, MODALITY: raw data (e.g. "image": PIL RGB image of image_size),
+     "caption": str | None, "question": str | None, "answer": str | None,
+     "digests": {MODALITY: sha256 of the item's field, bytes and decode settings}}
 
-with a caption, or a question and an answer (or all three); text fields are never empty.
+with a caption, or a question and an answer (or all three); text fields are never empty; at least
+one item.
+
+Items are decoded by the decoders registered by field (`register_decoder`): the image extensions
+(IMAGE_FIELDS) give "image"; a field "NAME.npy" of a modality NAME the caller asks for gives a float
+tensor (e.g. [N, C, *G] for a latent codec: N segments). A video or audio decoder is one more
+registration. `digests` keys the token cache (`recipes.data.cache`): it changes with the bytes or
+with any setting that changes the decoded item.
 
 Images: fully decoded (`Image.load()`), so truncated files are caught here, not later in a
 worker. Pillow's global `ImageFile.LOAD_TRUNCATED_IMAGES` must be False (some libraries flip it;
@@ -20,11 +28,15 @@ Images already at the target size are returned pixel for pixel.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageFile, ImageOps
 
 IMAGE_FIELDS = ("image", "jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
@@ -53,14 +65,84 @@ def as_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return size
 
 
-def decode_sample(raw: Mapping, image_size: int | tuple[int, int], resize: str = "center_crop") -> dict:
-    """Decode one `Source.raw(i)` dict; raises `BadSample` for anything wrong with the sample."""
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What a decoder may need besides the bytes (its `describe` puts the part that matters in the digest)."""
+
+    image_size: tuple[int, int]
+    resize: str = "center_crop"
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Bytes of one field -> the raw data of one modality's item (raises `BadSample` on bad bytes)."""
+
+    modality: str
+    decode: Callable[[str, bytes, str, DecodeSettings], Any]  # (key, data, field, settings) -> item
+    describe: Callable[[DecodeSettings], str]  # the settings that change the decoded item, for the digest
+
+
+# field (a member extension, e.g. "png", "audio.npy") -> its decoder; the order of registration is the
+# order of preference when a sample holds several fields of one modality
+DECODERS: dict[str, Decoder] = {}
+
+
+def register_decoder(modality: str, fields: Iterable[str],
+                     describe: Callable[[DecodeSettings], str] = lambda settings: ""):
+    """Decorator: `decode(key, data, field, settings) -> item` decodes these fields into `modality`."""
+
+    def deco(fn: Callable[[str, bytes, str, DecodeSettings], Any]):
+        for field in fields:
+            known = DECODERS.get(field)
+            if known is not None and known.decode is not fn:
+                raise ValueError(f"field {field!r} already has a decoder (for {known.modality!r})")
+            DECODERS[field] = Decoder(modality, fn, describe)
+        return fn
+
+    return deco
+
+
+def registered_modalities() -> tuple[str, ...]:
+    """The modalities some registered decoder produces, in registration order."""
+    return tuple(dict.fromkeys(d.modality for d in DECODERS.values()))
+
+
+def decoder_for(raw: Mapping, modality: str) -> tuple[str, Decoder] | None:
+    """(field, decoder) of the first field of `raw` that decodes into `modality`: a registered field,
+    else "MODALITY.npy" (a float array); None when the sample has none."""
+    for field, decoder in DECODERS.items():
+        if decoder.modality == modality and field in raw:
+            return field, decoder
+    if f"{modality}.npy" in raw:
+        return f"{modality}.npy", Decoder(modality, decode_array, lambda settings: "")
+    return None
+
+
+def raw_digest(field: str, data, settings: str) -> str:
+    """sha256 over an item's field name, decode settings and bytes: the token cache's key."""
+    h = hashlib.sha256(f"{field}\n{settings}\n".encode())
+    h.update(data.encode() if isinstance(data, str) else bytes(data))
+    return h.hexdigest()
+
+
+def sample_modality(sample: Mapping, modalities: Iterable[str]) -> str | None:
+    """The first of `modalities` (e.g. those a model has codecs for) whose item the decoded sample holds."""
+    return next((m for m in modalities if sample.get(m) is not None), None)
+
+
+def decode_sample(raw: Mapping, image_size: int | tuple[int, int], resize: str = "center_crop",
+                  modalities: Iterable[str] | None = None) -> dict:
+    """Decode one `Source.raw(i)` dict; raises `BadSample` for anything wrong with the sample.
+
+    modalities: the items to decode (default: every modality with a registered decoder); the sample
+    needs at least one of them."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by some library or script): truncated "
                            "images would decode silently as partly grey; set it back to False")
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-    H, W = as_size(image_size)
+    settings = DecodeSettings(as_size(image_size), resize)
+    wanted = registered_modalities() if modalities is None else tuple(modalities)
     key = str(raw.get("__key__", "?"))
     if raw.get("__error__"):
         raise BadSample(key, str(raw["__error__"]))
@@ -86,12 +168,36 @@ def decode_sample(raw: Mapping, image_size: int | tuple[int, int], resize: str =
     if caption is None and question is None:
         raise BadSample(key, "missing caption (no .txt, no 'caption' in the JSON, no question/answer)")
 
-    field = next((f for f in IMAGE_FIELDS if f in raw), None)
-    if field is None:
-        raise BadSample(key, "missing image")
-    image = _decode_image(key, raw[field], field)
-    return {"key": key, "source": raw.get("__source__"), "image": _fit(image, H, W, resize),
-            "caption": caption, "question": question, "answer": answer}
+    sample = {"key": key, "source": raw.get("__source__")}
+    digests = {}
+    for modality in wanted:
+        found = decoder_for(raw, modality)
+        if found is not None:
+            field, decoder = found
+            sample[modality] = decoder.decode(key, raw[field], field, settings)
+            digests[modality] = raw_digest(field, raw[field], decoder.describe(settings))
+    if not digests:
+        raise BadSample(key, "missing " + (" or ".join(wanted) if wanted else "item"))
+    return {**sample, "caption": caption, "question": question, "answer": answer, "digests": digests}
+
+
+@register_decoder("image", IMAGE_FIELDS, describe=lambda s: f"{s.image_size[0]}x{s.image_size[1]}:{s.resize}")
+def decode_image(key: str, data, field: str, settings: DecodeSettings) -> Image.Image:
+    """An RGB PIL image of `settings.image_size` (see the module doc for what is done to it)."""
+    H, W = settings.image_size
+    return _fit(_decode_image(key, data, field), H, W, settings.resize)
+
+
+def decode_array(key: str, data, field: str, settings: DecodeSettings) -> torch.Tensor:
+    """A .npy float array (no pickles) -> float32 tensor, as stored (e.g. a latent [N, C, *G])."""
+    try:
+        array = np.load(io.BytesIO(bytes(data)), allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError, OSError, EOFError, ... on bad files
+        raise BadSample(key, f"undecodable array ({field}): {type(e).__name__}: {e}") from None
+    if not np.issubdtype(array.dtype, np.floating) or array.ndim < 2:
+        raise BadSample(key, f"{field} holds a {array.dtype} array of shape {array.shape}, expected floats "
+                             "[segments, ...]")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def _utf8(key: str, data, what: str) -> str:

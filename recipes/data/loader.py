@@ -21,10 +21,11 @@ the run's totals (the sum equals what a single rank would count).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from .cache import TokenCache
-from .decode import RESIZE_MODES, BadSample, as_size, decode_sample
+from .decode import RESIZE_MODES, BadSample, as_size, decode_sample, sample_modality
 from .mixture import MixtureSource
 from .order import EpochOrder
 from .sources import Source
@@ -42,14 +43,18 @@ class GlobalBatchLoader:
     and a global batch may span an epoch boundary. A `MixtureSource` has no epochs of its own
     (each part runs through its own), so drop_last does not apply to it.
 
-    cache: a `TokenCache`; then every sample also carries "tokens" (HybridTokens, one row).
+    modalities: the items to decode (default: every modality with a registered decoder, see
+    `recipes.data.decode`); a sample holding none of them is bad.
+    cache: a `TokenCache`, or one per modality ({modality: cache}); then every sample whose item has a
+    cache also carries "tokens" (HybridTokens, the item's segments as rows) and "modality".
     workers: threads decoding a micro-batch in parallel (0: in the calling thread); the result
     does not depend on it.
     """
 
     def __init__(self, source: Source, global_batch: int, micro_batch: int, seed: int,
-                 image_size: int | tuple[int, int], drop_last: bool = True, cache: TokenCache | None = None,
-                 resize: str = "center_crop", workers: int = 0):
+                 image_size: int | tuple[int, int], drop_last: bool = True,
+                 cache: TokenCache | Mapping[str, TokenCache] | None = None, resize: str = "center_crop",
+                 workers: int = 0, modalities: Iterable[str] | None = None):
         if global_batch <= 0 or micro_batch <= 0:
             raise ValueError(f"global_batch and micro_batch must be positive, got {global_batch}, {micro_batch}")
         if global_batch % micro_batch:
@@ -61,7 +66,10 @@ class GlobalBatchLoader:
         self.seed = int(seed)
         self.image_size = as_size(image_size)
         self.drop_last = drop_last
-        self.cache = cache
+        if isinstance(cache, TokenCache):
+            cache = {cache.modality: cache}
+        self.caches: dict[str, TokenCache] = dict(cache or {})
+        self.modalities = None if modalities is None else tuple(modalities)
         self.resize = resize
         self.workers = int(workers)
         n = len(source)
@@ -74,8 +82,8 @@ class GlobalBatchLoader:
                                  "full batch per epoch (drop_last=False lets batches wrap into the next epoch)")
             self.epoch_len = (n // global_batch) * global_batch if drop_last else n
             self.order = EpochOrder(n, self.seed, self.epoch_len)
-        if cache is not None:
-            codec_size = getattr(cache.codec, "image_size", None)
+        for c in self.caches.values():
+            codec_size = getattr(c.codec, "image_size", None)
             if codec_size is not None and tuple(codec_size) != self.image_size:
                 raise ValueError(f"image_size {self.image_size} differs from the cache codec's {tuple(codec_size)}")
         self.bad_count = 0
@@ -125,7 +133,8 @@ class GlobalBatchLoader:
 
     def load(self, indices: list[int]) -> list[dict]:
         """Decode source samples `indices` (in order), dropping, counting and logging the bad ones.
-        Each sample also gets "index" (its source sample number) and, with a cache, "tokens"."""
+        Each sample also gets "index" (its source sample number) and, with a cache for its item,
+        "modality" and "tokens"."""
         if self.workers > 0 and len(indices) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="recipes-data")
@@ -139,10 +148,13 @@ class GlobalBatchLoader:
             else:
                 r["index"] = i
                 samples.append(r)
-        if self.cache is not None and samples:
-            tokens = self.cache.get_many([s["key"] for s in samples], [s["image"] for s in samples])
-            for s, t in zip(samples, tokens, strict=True):
-                s["tokens"] = t
+        order = self.modalities or tuple(self.caches)
+        for modality, cache in self.caches.items():  # each modality's items in one batch
+            mine = [s for s in samples if sample_modality(s, order) == modality]
+            if mine:
+                tokens = cache.get_many([s[modality] for s in mine], [s["digests"][modality] for s in mine])
+                for s, t in zip(mine, tokens, strict=True):
+                    s["modality"], s["tokens"] = modality, t
         return samples
 
     def _fetch(self, i: int) -> dict | BadSample:
@@ -151,7 +163,7 @@ class GlobalBatchLoader:
         except OSError as e:
             return BadSample(self.source.key(i), f"read error: {e}")
         try:
-            return decode_sample(raw, self.image_size, self.resize)
+            return decode_sample(raw, self.image_size, self.resize, self.modalities)
         except BadSample as e:
             return e
 
@@ -180,7 +192,7 @@ class GlobalBatchLoader:
             "epochs_per_step": self.global_batch / self.epoch_len,
             "bad_count": self.bad_count,
             "bad_keys": len(self.bad_keys),
-            "cache": None if self.cache is None else str(self.cache.folder),
+            "cache": {m: str(c.folder) for m, c in self.caches.items()} or None,
         }
         if isinstance(self.source, MixtureSource):
             d["drop_last"] = None

@@ -411,35 +411,48 @@ def test_mixture_follows_the_weights_deterministically(data):
 def test_token_cache_reuses_and_invalidates(tmp_path):
     codec = debug_image_codec(image_size=SIZE)
     image, _ = draw(7)
-    direct = codec.encode([image])
+    sample = decode_sample({"__key__": "k1", "png": png(image), "txt": "c"}, SIZE)
+    item, digest = sample["image"], sample["digests"]["image"]
+    direct = codec.encode([item])
     calls = []
     encode = codec.encode
     codec.encode = lambda images: calls.append(len(images)) or encode(images)
 
     cache = TokenCache(tmp_path, codec)
-    first = cache.get("k1", image)
+    first = cache.get(item, digest)
     assert calls == [1] and first.batch_size == 1
     for a, b in zip(first.indices, direct.indices, strict=True):
         assert torch.equal(a, b)
     assert torch.equal(first.residual, direct.residual)
-    second = cache.get("k1", image)
-    later_run = TokenCache(tmp_path, codec).get("k1", image)
+    second = cache.get(item, digest)
+    later_run = TokenCache(tmp_path, codec).get(item, digest)
     assert calls == [1] and cache.hits == 1
     for t in (second, later_run):
         assert t.grids == first.grids and torch.equal(t.residual, first.residual)
         assert all(torch.equal(a, b) for a, b in zip(t.indices, first.indices, strict=True))
     assert not list(tmp_path.rglob("*.tmp"))
 
-    cache.get("k1", draw(8)[0])  # other pixels under the same key: recomputed, not stale
+    # the key is the raw bytes + decode settings: the same bytes under another sample key are a hit,
+    # other bytes or another resize mode are recomputed, never stale
+    again = decode_sample({"__key__": "another-key", "png": png(image), "txt": "c"}, SIZE)["digests"]["image"]
+    assert again == digest
+    other = decode_sample({"__key__": "k1", "png": png(draw(8)[0]), "txt": "c"}, SIZE)
+    stretched = decode_sample({"__key__": "k1", "png": png(image), "txt": "c"}, SIZE, resize="stretch")
+    assert len({digest, other["digests"]["image"], stretched["digests"]["image"]}) == 3
+    cache.get(other["image"], other["digests"]["image"])
     assert calls == [1, 1]
-    cache.get("k1", image)
-    assert calls == [1, 1, 1]
+    cache.get(item, digest)
+    assert calls == [1, 1]
+
+    # an entry whose metadata does not match (here: a corrupt file) is recomputed and rewritten
+    cache.path(digest).write_bytes(b"not safetensors")
+    assert torch.equal(cache.get(item, digest).residual, first.residual) and calls == [1, 1, 1]
 
     with torch.no_grad():
         codec.codebook.add_(0.5)  # another codec: another fingerprint
     changed = TokenCache(tmp_path, codec)
     assert changed.fingerprint != cache.fingerprint
-    changed.get("k1", image)
+    changed.get(item, digest)
     assert calls == [1, 1, 1, 1]
 
 
@@ -448,12 +461,16 @@ def test_loader_attaches_cached_tokens(data, tmp_path):
     cache = TokenCache(tmp_path, codec)
     loader = GlobalBatchLoader(TarShardSource(data["tar"]), 8, 4, seed=0, image_size=SIZE, cache=cache)
     batches = loader.micro_batches(0)
-    assert cache.misses > 0 and cache.hits == 0
     samples = [s for _, b in batches for s in b]
+    # the shards repeat some images byte for byte: those are one entry (keyed by the bytes)
+    distinct = len({s["digests"]["image"] for s in samples})
+    assert cache.misses == distinct and cache.hits == len(samples) - distinct
     assert all(s["tokens"].batch_size == 1 and s["tokens"].grids == codec.grids for s in samples)
-    again = GlobalBatchLoader(TarShardSource(data["tar"]), 8, 4, seed=0, image_size=SIZE, cache=cache)
+    assert all(s["modality"] == "image" for s in samples)
+    hits = cache.hits
+    again = GlobalBatchLoader(TarShardSource(data["tar"]), 8, 4, seed=0, image_size=SIZE, cache={"image": cache})
     again.micro_batches(0)
-    assert cache.hits == len(samples)
+    assert cache.hits == hits + len(samples) and cache.misses == distinct
     with pytest.raises(ValueError, match="image_size"):
         GlobalBatchLoader(TarShardSource(data["tar"]), 8, 4, seed=0, image_size=32, cache=cache)
 
