@@ -137,3 +137,29 @@ def test_learns_a_segment_to_segment_pattern():
             total += b[1:].numel()
     print(f"continuation token accuracy {hits / total:.3f}")
     assert hits / total >= 0.9, f"continuation token accuracy {hits / total:.3f}"
+
+
+def test_configs_and_specials(tmp_path):
+    """Sampling defaults are per modality (older config.json files with model-level ones are migrated);
+    a text tokenizer without a head's specials is refused with a clear message."""
+    from modalities import TextTokenizer
+    from unified import HeadConfig, UnifiedConfig, UnifiedModel
+
+    legacy = UnifiedConfig.from_dict({"backbone": {}, "heads": [{"modality": "image"}, {"modality": "audio"}],
+                                      "default_cfg": 1.0, "default_top_k": 1})
+    assert [(h.default_cfg, h.default_top_k) for h in legacy.heads] == [(1.0, 1), (1.0, 1)]
+    assert (legacy.head("audio").begin, legacy.head("audio").end) == ("<boa>", "<eoa>")
+    assert "default_cfg" not in legacy.to_dict()
+    with pytest.raises(ValueError, match="no 'video' head"):
+        legacy.head("video")
+    model = debug_model(["image", "audio"])
+    text = TextTokenizer.train(["a red circle"] * 8, vocab_size=300)  # image specials only
+    with pytest.raises(ValueError, match=r"lacks the specials \['<boa>', '<eoa>'\]"):
+        UnifiedModel.build(text, model.codecs, {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64,
+                                                "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                "num_key_value_heads": 1, "vocab_size": 400},
+                           heads=[HeadConfig("image"), HeadConfig("audio")])
+    model.save_pretrained(tmp_path / "m")  # the latent codec round-trips with the model
+    again = UnifiedModel.from_pretrained(tmp_path / "m")
+    kw = dict(modality="audio", segments=2, seed=0, top_k=4)
+    torch.testing.assert_close(again.generate(["a rising tone"], **kw), model.generate(["a rising tone"], **kw))
