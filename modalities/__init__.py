@@ -16,6 +16,8 @@ from .text import (
     item_specials,
     specials_for,
 )
+from .video import VideoCodec
+from .video_io import VideoReader, VideoReadError, open_video, read_video, sample_indices, write_video
 
 __all__ = [
     "AUDIO_SPECIALS",
@@ -32,10 +34,17 @@ __all__ = [
     "SentencePieceTextTokenizer",
     "TextTokenizer",
     "VIDEO_SPECIALS",
+    "VideoCodec",
+    "VideoReadError",
+    "VideoReader",
     "debug_image_codec",
     "debug_latent_codec",
     "item_specials",
     "load_codec",
+    "open_video",
+    "read_video",
     "register_codec",
+    "sample_indices",
     "specials_for",
+    "write_video",
 ]

@@ -50,6 +50,11 @@ class ModalityCodec(nn.Module, ABC):
     def encode(self, batch: Any) -> HybridTokens:
         """Raw data -> tokens (per-scale indices + continuous residual)."""
 
+    def encode_items(self, batch: Any) -> list[HybridTokens]:
+        """A batch of items -> one HybridTokens per item, a row per segment. By default every row of
+        `encode` is an item of one segment (an image); multi-segment codecs (video, audio) override it."""
+        return self.encode(batch).rows()
+
     @abstractmethod
     def decode_latent(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Latent [B, Cvae, *G] -> raw data."""

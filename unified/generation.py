@@ -166,8 +166,8 @@ class GenerationMixin:
                  seed: int | None = 0, use_cache: bool = True) -> list[str]:
         """Text about each item: its caption, or the answer to `question` (one, or one per item).
 
-        items: what the codec's `encode` takes (each row one single-segment item), a HybridTokens
-        (the same), or a list of HybridTokens, one per item with its segments as rows."""
+        items: what the codec's `encode_items` takes (images, clips, ...), a HybridTokens (each row
+        a single-segment item), or a list of HybridTokens, one per item with its segments as rows."""
         tokens = self._items(items, modality)
         if question is None:
             rows = [self.row("describe", t, modality=modality) for t in tokens]
@@ -183,7 +183,7 @@ class GenerationMixin:
             return [t.to(self.device) for t in items.rows()]
         if isinstance(items, (list, tuple)) and items and all(isinstance(t, HybridTokens) for t in items):
             return [t.to(self.device) for t in items]
-        return [t.to(self.device) for t in self.codecs[modality].encode(items).rows()]
+        return [t.to(self.device) for t in self.codecs[modality].encode_items(items)]
 
     def _write_text(self, rows: list[list[Part]], max_new_tokens, temperature, top_k, top_p, seed,
                     use_cache) -> list[str]:

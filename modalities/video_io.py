@@ -1,0 +1,287 @@
+"""Reading and writing video files.
+
+Reading goes through decord (the design card's choice) or, where decord cannot be installed (it has no
+aarch64 or macOS-arm wheel, and its last release is from 2021), torchcodec, PyTorch's own decoder, with
+exact frame seeking. Both sit behind one interface:
+
+    reader = open_video("clip.mp4")                   # backend="auto" | "decord" | "torchcodec"
+    reader.num_frames, reader.fps, reader.size        # size = (H, W)
+    frames = reader.frames([0, 4, 8])                 # uint8 [3, H, W, 3], exactly those frames
+    frames = read_video("clip.mp4", num_frames=8, size=32)   # sampled, resized + center-cropped
+
+Frames are sampled by count (evenly over the clip), by stride, or at a target fps. Anything wrong with a
+file (missing, corrupt, truncated, no video stream, too short) raises `VideoReadError` with one line
+that names the file and the reason.
+
+Writing: `write_video(path, frames, fps)` writes H.264 mp4 (through imageio-ffmpeg's own ffmpeg) or an
+animated GIF (Pillow), atomically (a temporary file in the same folder, then a rename).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("decord", "torchcodec")
+
+
+class VideoReadError(ValueError):
+    """A video that cannot be read; the message names the file and says why."""
+
+
+class VideoReader:
+    """A video file opened for random access to its frames. Use `open_video`."""
+
+    backend: str
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+
+    @property
+    def num_frames(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def fps(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _frames(self, indices: list[int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def frames(self, indices: Sequence[int]) -> torch.Tensor:
+        """Exactly the frames at these indices, uint8 [N, H, W, 3]."""
+        indices = [int(i) for i in indices]
+        bad = [i for i in indices if not 0 <= i < self.num_frames]
+        if bad:
+            raise VideoReadError(f"{self.path}: frame {bad[0]} requested, the video has {self.num_frames} frames")
+        try:
+            data = self._frames(indices)
+        except VideoReadError:
+            raise
+        except Exception as e:  # a decoder's own error on a damaged stream: one line, with the file
+            raise VideoReadError(f"{self.path}: cannot decode frames ({type(e).__name__}: {_first_line(e)})") from e
+        return torch.from_numpy(np.ascontiguousarray(data))
+
+
+class _DecordReader(VideoReader):
+    backend = "decord"
+
+    def __init__(self, path):
+        super().__init__(path)
+        import decord
+
+        self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
+        if len(self._vr) == 0:
+            raise VideoReadError(f"{self.path}: no frames")
+
+    @property
+    def num_frames(self) -> int:
+        return len(self._vr)
+
+    @property
+    def fps(self) -> float:
+        return float(self._vr.get_avg_fps())
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self._vr[0].shape[:2])
+
+    def _frames(self, indices):
+        return self._vr.get_batch(indices).asnumpy()
+
+
+class _TorchcodecReader(VideoReader):
+    backend = "torchcodec"
+
+    def __init__(self, path):
+        super().__init__(path)
+        from torchcodec.decoders import VideoDecoder
+
+        self._dec = VideoDecoder(self.path, seek_mode="exact", dimension_order="NHWC")
+        if self.num_frames == 0:
+            raise VideoReadError(f"{self.path}: no frames")
+
+    @property
+    def num_frames(self) -> int:
+        return int(self._dec.metadata.num_frames)
+
+    @property
+    def fps(self) -> float:
+        return float(self._dec.metadata.average_fps)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self._dec.metadata.height), int(self._dec.metadata.width)
+
+    def _frames(self, indices):
+        return self._dec.get_frames_at(indices).data.numpy()
+
+
+_READERS = {"decord": _DecordReader, "torchcodec": _TorchcodecReader}
+
+
+def available_backends() -> list[str]:
+    """The reading backends that import here, in order of preference."""
+    out = []
+    for name in BACKENDS:
+        try:
+            __import__("decord" if name == "decord" else "torchcodec.decoders")
+            out.append(name)
+        except Exception:  # not installed, or its native library does not load here
+            pass
+    return out
+
+
+def open_video(path: str | os.PathLike, backend: str = "auto") -> VideoReader:
+    if backend != "auto" and backend not in _READERS:
+        raise ValueError(f"unknown video backend {backend!r} (auto, {', '.join(BACKENDS)})")
+    if not Path(path).is_file():
+        raise VideoReadError(f"{path}: no such file")
+    names = available_backends() if backend == "auto" else [backend]
+    if not names:
+        raise RuntimeError("no video reader is installed: pip install decord (x86_64 Linux/Windows) or torchcodec")
+    try:
+        return _READERS[names[0]](path)
+    except VideoReadError:
+        raise
+    except ImportError as e:
+        raise RuntimeError(f"the {names[0]} video backend is not installed ({e})") from e
+    except Exception as e:  # the decoder could not open the container or its video stream
+        raise VideoReadError(f"{path}: not a readable video ({type(e).__name__}: {_first_line(e)})") from e
+
+
+def sample_indices(total: int, fps: float, num_frames: int | None = None, stride: int | None = None,
+                   target_fps: float | None = None, start: int = 0) -> list[int]:
+    """Frame indices of a clip: `num_frames` evenly over [start, total) (or, with stride / target_fps,
+    that many consecutive picks at that step), or every stride-th / every frame at target_fps to the end."""
+    if sum(x is not None for x in (stride, target_fps)) > 1:
+        raise ValueError("give stride or target_fps, not both")
+    if not 0 <= start < total:
+        raise ValueError(f"start frame {start} is outside the video's {total} frames")
+    if num_frames is not None and num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+    if stride is None and target_fps is None:
+        if num_frames is None:
+            return list(range(start, total))
+        span = total - start
+        if num_frames > span:
+            raise ValueError(f"{num_frames} frames requested, the video has {span} from frame {start}")
+        return [start + int(i * span / num_frames) for i in range(num_frames)]
+    step = float(stride) if stride is not None else fps / float(target_fps)
+    if step <= 0:
+        raise ValueError("stride and target_fps must be positive")
+    count = math.floor((total - 1 - start) / step) + 1
+    if num_frames is not None:
+        if num_frames > count:
+            raise ValueError(f"{num_frames} frames at a step of {step:g} need {math.ceil((num_frames - 1) * step) + 1} "
+                             f"frames, the video has {total - start} from frame {start}")
+        count = num_frames
+    return [start + round(i * step) for i in range(count)]
+
+
+def fit_frames(frames: torch.Tensor, size: int | tuple[int, int], resize: str = "center_crop") -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> uint8 [N, h, w, 3]: the shorter side scaled to fit then a center crop
+    ("center_crop", keeps the aspect ratio) or a plain resize ("stretch"); bicubic, antialiased."""
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    H, W = frames.shape[1:3]
+    if (H, W) == (h, w):
+        return frames
+    x = frames.permute(0, 3, 1, 2).float()
+    if resize == "stretch":
+        x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+    elif resize == "center_crop":
+        scale = max(h / H, w / W)
+        sh, sw = max(h, round(H * scale)), max(w, round(W * scale))
+        x = F.interpolate(x, size=(sh, sw), mode="bicubic", antialias=True, align_corners=False)
+        top, left = (sh - h) // 2, (sw - w) // 2
+        x = x[:, :, top : top + h, left : left + w]
+    else:
+        raise ValueError(f"resize must be 'center_crop' or 'stretch', not {resize!r}")
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def read_video(path: str | os.PathLike, num_frames: int | None = None, *, stride: int | None = None,
+               fps: float | None = None, start: int = 0, size: int | tuple[int, int] | None = None,
+               resize: str = "center_crop", backend: str = "auto") -> torch.Tensor:
+    """Sampled frames of a video file, uint8 [T, H, W, 3] (resized to `size` if given)."""
+    reader = open_video(path, backend)
+    try:
+        indices = sample_indices(reader.num_frames, reader.fps, num_frames, stride, fps, start)
+    except ValueError as e:
+        raise VideoReadError(f"{path}: {e}") from e
+    frames = reader.frames(indices)
+    return frames if size is None else fit_frames(frames, size, resize)
+
+
+def as_uint8_frames(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    """uint8 [T, H, W, 3] or float [T, 3, H, W] in [0, 1] (what codecs decode to) -> uint8 [T, H, W, 3]."""
+    x = torch.as_tensor(frames)
+    if x.dtype == torch.uint8:
+        if x.dim() != 4 or x.shape[-1] != 3:
+            raise ValueError(f"uint8 frames must be [T, H, W, 3], got {tuple(x.shape)}")
+        return x.cpu().numpy()
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"float frames must be [T, 3, H, W] in [0, 1], got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("frames contain NaN or infinite values")
+    return x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, fps: float = 8.0, crf: int = 12) -> Path:
+    """Write frames as H.264 .mp4 (crf: 0 lossless .. 51; low keeps small synthetic frames exact enough
+    to read back) or an animated .gif, atomically. Returns the path."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".mp4", ".gif"):
+        raise ValueError(f"{path}: write .mp4 or .gif")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    data = as_uint8_frames(frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+    try:
+        if suffix == ".gif":
+            from PIL import Image
+
+            images = [Image.fromarray(f) for f in data]
+            images[0].save(tmp, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+        else:
+            _write_mp4(tmp, data, fps, crf)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _write_mp4(path: Path, data: np.ndarray, fps: float, crf: int) -> None:
+    import imageio_ffmpeg
+
+    H, W = data.shape[1:3]
+    # 4:2:0 chroma needs even sides; other sizes keep full chroma
+    pix_fmt = "yuv420p" if H % 2 == 0 and W % 2 == 0 else "yuv444p"
+    writer = imageio_ffmpeg.write_frames(str(path), (W, H), fps=fps, codec="libx264", pix_fmt_out=pix_fmt,
+                                         macro_block_size=1, output_params=["-crf", str(int(crf))],
+                                         ffmpeg_log_level="error")
+    writer.send(None)
+    try:
+        for frame in data:
+            writer.send(np.ascontiguousarray(frame))
+    finally:
+        writer.close()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else "no message"
