@@ -2,10 +2,12 @@
 
 Unified model (the shipped default model unless --model DIR):
     hart-unified generate --prompt "a red circle in the top left" --out circle.png --previews
+    hart-unified generate --modality image --segments 1 ...   # any modality the model and recipes can write
     hart-unified caption photo.png other.png
     hart-unified ask --image photo.png --question "what colour is the circle?"
     hart-unified demo --out demo/                  # prompts -> images -> captions, with an index page
     hart-unified eval --out eval.json              # prompt adherence, caption/QA accuracy, digits, speed
+    hart-unified eval --suite digits               # one evaluation suite (default: all that apply)
     hart-unified train RECIPE [key=value ...]      # the DeepSpeed trainer (see recipes/configs/)
 Released HART weights:
     hart-unified t2i --hart DIR --text-encoder DIR --prompt "a lemur in a red hat" --out lemur.png
@@ -27,19 +29,33 @@ EXIT_BAD_INPUT = 2
 
 
 def _save_images(images: torch.Tensor, out: Path, prompts: list[str]) -> list[Path]:
-    from PIL import Image
+    """Images [B, 3, H, W] in [0, 1] as PNGs: OUT, or OUT_000.png, ... (and OUT_prompts.txt) for several."""
+    from modalities import ImageCodec
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if len(images) == 1:
         paths = [out]
     else:
         paths = [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(len(images))]
-    for img, path in zip(images, paths, strict=True):
-        array = img.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-        Image.fromarray(array).save(path)
+    for img, path in zip(ImageCodec.to_pil(images), paths, strict=True):
+        img.save(path)
     if len(images) > 1:
         out.with_name(f"{out.stem}_prompts.txt").write_text("\n".join(prompts) + "\n")
     return paths
+
+
+def _write_image_items(items: torch.Tensor, out: Path, prompts: list[str]) -> list[Path]:
+    """Image items [B, N, 3, H, W]: one PNG per image, OUT_sJJ for segment J of items of several."""
+    B, N = items.shape[:2]
+    if N == 1:
+        return _save_images(items[:, 0], out, prompts)
+    return [p for j in range(N) for p in _save_images(items[:, j], out.with_name(f"{out.stem}_s{j:02d}{out.suffix}"),
+                                                      prompts)]
+
+
+# modality -> writer(items [B, N, ...] as the codec decodes them, OUT path, prompts) -> written paths; a
+# modality the recipes can write (video frames, audio files) is one more entry
+WRITERS = {"image": _write_image_items}
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -132,49 +148,63 @@ def _fit(images, size: tuple[int, int]):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from PIL import Image
+    from modalities import ImageCodec
 
+    if args.modality not in WRITERS:
+        raise ValueError(f"no writer for {args.modality!r} items in recipes (it writes: {', '.join(WRITERS)})")
+    if args.segments < 1:
+        raise ValueError(f"--segments must be at least 1, got {args.segments}")
     model = _load_unified(args)
+    model.config.head(args.modality)  # a clear error when the model has no such modality
     prompts = list(args.prompt or [])
     if args.prompts_file:
         prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError("give at least one --prompt or a --prompts-file")
     if any(not p.strip() for p in prompts):
-        raise ValueError("empty prompt: describe the image")
+        raise ValueError(f"empty prompt: describe the {args.modality}")
+    if args.previews and args.modality != "image":
+        raise ValueError("--previews writes images: only for --modality image")
     from tqdm.auto import tqdm
 
-    out_images, strips = [], []
+    out_items, strips = [], []
     for start in tqdm(range(0, len(prompts), args.batch_size), desc="generating", disable=args.quiet):
         batch = prompts[start : start + args.batch_size]
         steps: list[torch.Tensor] = []
         callback = (lambda k, n, img, steps=steps: steps.append(img.cpu())) if args.previews else None
-        images = model.generate_image(batch, cfg=args.cfg, seed=args.seed + start, top_k=args.top_k, callback=callback)
-        out_images.append(images.cpu())
-        if args.previews:  # one strip per prompt: scale 1 .. K, coarse to fine
+        items = model.generate(batch, modality=args.modality, segments=args.segments, cfg=args.cfg,
+                               seed=args.seed + start, top_k=args.top_k, callback=callback)
+        out_items.append((items[:, None] if args.segments == 1 else items).cpu())
+        if args.previews:  # one strip per prompt: scale 1 .. K (of every segment), coarse to fine
             strips += [torch.cat([s[i] for s in steps], dim=2) for i in range(len(batch))]
-    paths = _save_images(torch.cat(out_images), Path(args.out), prompts)
+    paths = WRITERS[args.modality](torch.cat(out_items), Path(args.out), prompts)
     for path, strip in zip(paths, strips, strict=False):
-        array = strip.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-        Image.fromarray(array).save(path.with_name(f"{path.stem}_scales.png"))
+        ImageCodec.to_pil(strip[None])[0].save(path.with_name(f"{path.stem}_scales.png"))
     for p in paths:
         print(p)
     return 0
 
 
+def _image_codec(model):
+    """The model's image codec (caption, ask and demo read and write image files)."""
+    if "image" not in model.codecs:
+        raise ValueError(f"this model has no image codec (it has: {', '.join(model.codecs)})")
+    return model.codecs["image"]
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
     model = _load_unified(args)
-    codec = model.codecs["image"]
-    images = _fit(_open_images(args.images), codec.image_size)
-    for path, text in zip(args.images, model.caption(images, max_new_tokens=args.max_new_tokens), strict=True):
+    images = _fit(_open_images(args.images), _image_codec(model).image_size)
+    texts = model.describe(images, modality="image", max_new_tokens=args.max_new_tokens)
+    for path, text in zip(args.images, texts, strict=True):
         print(f"{path}\t{text}")
     return 0
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
     model = _load_unified(args)
-    images = _fit(_open_images([args.image]), model.codecs["image"].image_size)
-    print(model.answer(images, [args.question], max_new_tokens=args.max_new_tokens)[0])
+    images = _fit(_open_images([args.image]), _image_codec(model).image_size)
+    print(model.describe(images, modality="image", question=args.question, max_new_tokens=args.max_new_tokens)[0])
     return 0
 
 
@@ -185,7 +215,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
+    from modalities import ImageCodec
+
     model = _load_unified(args)
+    _image_codec(model)
     prompts = args.prompt or DEMO_PROMPTS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,11 +228,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     captions = model.caption(images, max_new_tokens=24)
     rows = []
     for i, (prompt, caption) in enumerate(zip(prompts, captions, strict=True)):
-        img = Image.fromarray(images[i].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
-        img.resize((img.width * 4, img.height * 4), Image.NEAREST).save(out / f"{i:02d}.png")
-        strip = torch.cat([s[i] for s in steps], dim=2).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-        Image.fromarray(strip).resize((strip.shape[1] * 4, strip.shape[0] * 4), Image.NEAREST).save(
-            out / f"{i:02d}_scales.png")
+        img = ImageCodec.to_pil(images[i : i + 1])[0]
+        strip = ImageCodec.to_pil(torch.cat([s[i] for s in steps], dim=2)[None])[0]
+        for pic, name in ((img, f"{i:02d}.png"), (strip, f"{i:02d}_scales.png")):
+            pic.resize((pic.width * 4, pic.height * 4), Image.NEAREST).save(out / name)
         rows.append(f"<tr><td>{html.escape(prompt)}</td><td><img src='{i:02d}.png'></td>"
                     f"<td><img src='{i:02d}_scales.png'></td><td>{html.escape(caption)}</td></tr>")
         print(f"{prompt!r} -> {out / f'{i:02d}.png'} -> caption {caption!r}")
@@ -272,9 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     t2i.add_argument("--quiet", action="store_true", help="no progress bar")
     t2i.set_defaults(func=cmd_t2i)
 
-    gen = sub.add_parser("generate", help="text -> image with a unified model",
-                         description="Generate images from prompts with a unified model.")
+    gen = sub.add_parser("generate", help="text -> image (or another modality) with a unified model",
+                         description="Generate items (images by default) from prompts with a unified model.")
     _unified_args(gen)
+    gen.add_argument("--modality", default="image",
+                     help=f"what to write (default image; recipes can write: {', '.join(WRITERS)})")
+    gen.add_argument("--segments", type=int, default=1,
+                     help="segments per item (frames, chunks; default 1); several give OUT_sJJ files")
     gen.add_argument("--prompt", action="append", help="a prompt; repeat for several images")
     gen.add_argument("--prompts-file", help="text file with one prompt per line")
     gen.add_argument("--out", default="image.png", help="output PNG; several prompts give OUT_000.png, ...")
