@@ -37,12 +37,13 @@ class VideoReadError(ValueError):
 
 
 class VideoReader:
-    """A video file opened for random access to its frames. Use `open_video`."""
+    """A video opened for random access to its frames. Use `open_video`."""
 
     backend: str
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = str(path)
+    def __init__(self, source: str | os.PathLike | bytes, name: str):
+        self.source = source if isinstance(source, bytes) else str(source)
+        self.path = name  # what messages call it
 
     @property
     def num_frames(self) -> int:
@@ -77,11 +78,14 @@ class VideoReader:
 class _DecordReader(VideoReader):
     backend = "decord"
 
-    def __init__(self, path):
-        super().__init__(path)
+    def __init__(self, source, name):
+        super().__init__(source, name)
+        import io
+
         import decord
 
-        self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
+        src = io.BytesIO(self.source) if isinstance(self.source, bytes) else self.source
+        self._vr = decord.VideoReader(src, ctx=decord.cpu(0), num_threads=1)
         if len(self._vr) == 0:
             raise VideoReadError(f"{self.path}: no frames")
 
@@ -104,11 +108,11 @@ class _DecordReader(VideoReader):
 class _TorchcodecReader(VideoReader):
     backend = "torchcodec"
 
-    def __init__(self, path):
-        super().__init__(path)
+    def __init__(self, source, name):
+        super().__init__(source, name)
         from torchcodec.decoders import VideoDecoder
 
-        self._dec = VideoDecoder(self.path, seek_mode="exact", dimension_order="NHWC")
+        self._dec = VideoDecoder(self.source, seek_mode="exact", dimension_order="NHWC")
         if self.num_frames == 0:
             raise VideoReadError(f"{self.path}: no frames")
 
@@ -143,22 +147,29 @@ def available_backends() -> list[str]:
     return out
 
 
-def open_video(path: str | os.PathLike, backend: str = "auto") -> VideoReader:
+def open_video(source: str | os.PathLike | bytes, backend: str = "auto", name: str | None = None) -> VideoReader:
+    """A file path, or the bytes of a file (e.g. a webdataset sample's mp4); `name` labels errors."""
     if backend != "auto" and backend not in _READERS:
         raise ValueError(f"unknown video backend {backend!r} (auto, {', '.join(BACKENDS)})")
-    if not Path(path).is_file():
-        raise VideoReadError(f"{path}: no such file")
+    if isinstance(source, (bytes, bytearray)):
+        source, name = bytes(source), name or "<video bytes>"
+        if not source:
+            raise VideoReadError(f"{name}: empty file")
+    else:
+        name = name or str(source)
+        if not Path(source).is_file():
+            raise VideoReadError(f"{name}: no such file")
     names = available_backends() if backend == "auto" else [backend]
     if not names:
         raise RuntimeError("no video reader is installed: pip install decord (x86_64 Linux/Windows) or torchcodec")
     try:
-        return _READERS[names[0]](path)
+        return _READERS[names[0]](source, name)
     except VideoReadError:
         raise
     except ImportError as e:
         raise RuntimeError(f"the {names[0]} video backend is not installed ({e})") from e
     except Exception as e:  # the decoder could not open the container or its video stream
-        raise VideoReadError(f"{path}: not a readable video ({type(e).__name__}: {_first_line(e)})") from e
+        raise VideoReadError(f"{name}: not a readable video ({type(e).__name__}: {_first_line(e)})") from e
 
 
 def sample_indices(total: int, fps: float, num_frames: int | None = None, stride: int | None = None,
@@ -211,15 +222,15 @@ def fit_frames(frames: torch.Tensor, size: int | tuple[int, int], resize: str = 
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def read_video(path: str | os.PathLike, num_frames: int | None = None, *, stride: int | None = None,
+def read_video(source: str | os.PathLike | bytes, num_frames: int | None = None, *, stride: int | None = None,
                fps: float | None = None, start: int = 0, size: int | tuple[int, int] | None = None,
-               resize: str = "center_crop", backend: str = "auto") -> torch.Tensor:
-    """Sampled frames of a video file, uint8 [T, H, W, 3] (resized to `size` if given)."""
-    reader = open_video(path, backend)
+               resize: str = "center_crop", backend: str = "auto", name: str | None = None) -> torch.Tensor:
+    """Sampled frames of a video (a path or a file's bytes), uint8 [T, H, W, 3], resized to `size` if given."""
+    reader = open_video(source, backend, name)
     try:
         indices = sample_indices(reader.num_frames, reader.fps, num_frames, stride, fps, start)
     except ValueError as e:
-        raise VideoReadError(f"{path}: {e}") from e
+        raise VideoReadError(f"{reader.path}: {e}") from e
     frames = reader.frames(indices)
     return frames if size is None else fit_frames(frames, size, resize)
 

@@ -69,6 +69,10 @@ def test_sampling_by_count_stride_and_fps(clip_path):
     assert np.all(np.diff(x) > 1.5)  # still moving right at half the resolution, two frames a step
     with pytest.raises(VideoReadError, match="square.mp4"):
         read_video(clip_path, num_frames=20)
+    # the bytes of a file (a webdataset sample) read the same
+    assert torch.equal(read_video(clip_path.read_bytes(), num_frames=4, stride=2, size=16), frames)
+    with pytest.raises(VideoReadError, match="sample-7"):
+        read_video(clip_path.read_bytes()[:500], num_frames=4, name="sample-7")
 
 
 def test_fit_frames_crops_or_stretches():
