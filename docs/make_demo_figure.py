@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from modalities import ImageCodec
 from unified import UnifiedModel
 
 PROMPTS = [
@@ -36,7 +37,7 @@ def main() -> None:
     for i, (prompt, caption) in enumerate(zip(PROMPTS, captions, strict=True)):
         y = i * (cell + label_h)
         for k, s in enumerate(steps):  # coarse-to-fine previews, then the final image
-            tile = Image.fromarray(s[i].clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy())
+            tile = ImageCodec.to_pil(s[i : i + 1])[0]
             sheet.paste(tile.resize((cell, cell), Image.NEAREST), (k * cell + (8 if k == K - 1 else 0), y))
         draw.text((4, y + cell + 4), f"prompt: {prompt}", fill="black")
         draw.text((4, y + cell + 20), f"model's caption of its image: {caption}", fill=(0, 90, 0))

@@ -6,7 +6,8 @@ accounting and a token cache.
     for j, samples in loader.micro_batches(step, rank, world_size): ...
 
 See `loader.py` for the batch contract, `sources.py` for the formats, `decode.py` for what a
-sample is and what makes one bad, `cache.py` for pre-tokenisation.
+sample is, what makes one bad and the decoders registered by field (one per modality's fields),
+`cache.py` for pre-tokenisation (keyed by the raw bytes, one cache per modality).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from .cache import TokenCache, codec_fingerprint
-from .decode import BadSample, decode_sample
+from .cache import TokenCache, codec_fingerprint, encode_items
+from .decode import DECODERS, BadSample, decode_sample, register_decoder, sample_modality
 from .loader import GlobalBatchLoader
 from .mixture import MixtureSource
 from .order import EpochOrder, MixtureOrder
@@ -24,6 +25,7 @@ from .sources import JsonlSource, Source, TarShardSource, expand_paths
 SourceSpec = str | os.PathLike | Sequence[str] | Mapping
 
 __all__ = [
+    "DECODERS",
     "BadSample",
     "EpochOrder",
     "GlobalBatchLoader",
@@ -36,8 +38,11 @@ __all__ = [
     "TokenCache",
     "codec_fingerprint",
     "decode_sample",
+    "encode_items",
     "expand_paths",
     "open_source",
+    "register_decoder",
+    "sample_modality",
 ]
 
 
