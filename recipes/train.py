@@ -136,7 +136,7 @@ def peak_memory(device: torch.device) -> dict:
     return out
 
 
-def first_good(source, image_size: int, modalities=None) -> list[dict]:
+def first_good(source, image_size: int, modalities: tuple[str, ...] | None = None) -> list[dict]:
     from .data import decode_sample
 
     for i in range(len(source)):

@@ -87,11 +87,14 @@ class Decoder:
 DECODERS: dict[str, Decoder] = {}
 
 
+DecodeFn = Callable[[str, bytes, str, DecodeSettings], Any]
+
+
 def register_decoder(modality: str, fields: Iterable[str],
-                     describe: Callable[[DecodeSettings], str] = lambda settings: ""):
+                     describe: Callable[[DecodeSettings], str] = lambda settings: "") -> Callable[[DecodeFn], DecodeFn]:
     """Decorator: `decode(key, data, field, settings) -> item` decodes these fields into `modality`."""
 
-    def deco(fn: Callable[[str, bytes, str, DecodeSettings], Any]):
+    def deco(fn: DecodeFn) -> DecodeFn:
         for field in fields:
             known = DECODERS.get(field)
             if known is not None and known.decode is not fn:

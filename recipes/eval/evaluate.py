@@ -87,10 +87,11 @@ EVAL_SUITES: dict[str, Suite] = {}
 
 
 def register_suite(name: str, modalities: tuple[str, ...] = ("image",),
-                   table: Callable[[dict, str], list[tuple[str, object]]] = lambda results, which: []):
+                   table: Callable[[dict, str], list[tuple[str, object]]] = lambda results, which: [],
+                   ) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
     """Decorator: `run(model, ctx) -> dict` becomes the suite `name`, run by default on models with
     every one of `modalities`."""
-    def deco(run):
+    def deco(run: Callable[..., dict]) -> Callable[..., dict]:
         if name in EVAL_SUITES:
             raise ValueError(f"evaluation suite {name!r} is already registered")
         EVAL_SUITES[name] = Suite(name, tuple(modalities), run, table)
