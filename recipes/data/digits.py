@@ -26,10 +26,11 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .shards import write_shards
 
 SPLITS = ("train", "test")
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -201,27 +202,19 @@ class Digits:
         lands in (the reader orders samples by key within a shard). Members carry a fixed mtime,
         so the same arguments give byte-identical shards.
         """
-        import webdataset as wds
-
         part = self.split(split)
         if per_shard < 1 or repeat < 1:
             raise ValueError(f"per_shard and repeat must be >= 1, got {per_shard}, {repeat}")
         items = [(i, r) for r in range(repeat) for i in range(len(part))]
         order = np.random.default_rng([self.seed if seed is None else int(seed), SPLITS.index(split), 2])
         items = [items[k] for k in order.permutation(len(items))]
-        n_shards = -(-len(items) // per_shard)
-        width = max(3, len(str(n_shards - 1)))
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for s in range(n_shards):
-            with wds.TarWriter(str(folder / f"digits-{split}-{s:0{width}d}.tar"), mtime=0.0) as sink:
-                for i, r in items[s * per_shard:(s + 1) * per_shard]:
-                    x = self.sample(i, split, r)
-                    meta = {k: x[k] for k in ("caption", "question", "answer", "label", "index")}
-                    sink.write({"__key__": x["key"], "png": _png(x["image"]), "txt": x["caption"],
-                                "json": json.dumps(meta)})
-        last = f"{n_shards - 1:0{width}d}"
-        return str(folder / f"digits-{split}-{{{'0' * width}..{last}}}.tar")
+
+        def record(item: tuple[int, int]) -> dict:
+            x = self.sample(item[0], split, item[1])
+            meta = {k: x[k] for k in ("caption", "question", "answer", "label", "index")}
+            return {"__key__": x["key"], "png": _png(x["image"]), "txt": x["caption"], "json": json.dumps(meta)}
+
+        return write_shards(folder, f"digits-{split}", items, per_shard, record)
 
 
 def _png(image: Image.Image) -> bytes:

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .shapes import BACKGROUND, COLOURS, NUMBERS, SHAPES, SPLITS, draw_shape
+from .shards import write_shards
 
 DIRECTIONS: dict[str, tuple[int, int]] = {"right": (1, 0), "left": (-1, 0), "up": (0, -1), "down": (0, 1)}
 HELDOUT_MOTIONS: frozenset[tuple[str, str]] = frozenset({("circle", "up"), ("square", "left"), ("triangle", "down")})
@@ -126,26 +127,21 @@ class MovingShapesWorld:
                      fps: float = 8.0) -> str:
         """Clips 0..n-1 as webdataset tars `folder/moving-SPLIT-NNN.tar`: KEY.mp4 (H.264 4:4:4, read back
         through decord in training), KEY.txt (the caption), KEY.json (caption, question, answer, objects, ...)."""
-        import webdataset as wds
-
         from modalities import write_video
 
         _check_split(split)
-        if n < 1 or per_shard < 1:
-            raise ValueError(f"n and per_shard must be >= 1, got n={n}, per_shard={per_shard}")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        n_shards = -(-n // per_shard)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
         with tempfile.TemporaryDirectory() as tmp:
-            for shard in range(n_shards):
-                with wds.TarWriter(str(folder / f"moving-{split}-{shard:03d}.tar"), mtime=0.0) as sink:
-                    for i in range(shard * per_shard, min(n, (shard + 1) * per_shard)):
-                        s = self.sample(i, split)
-                        mp4 = write_video(Path(tmp) / "clip.mp4", s["frames"], fps=fps, full_chroma=True).read_bytes()
-                        meta = {k: s[k] for k in ("caption", "question", "answer", "objects", "split", "index")}
-                        meta.update(seed=self.seed, image_size=self.image_size, num_frames=self.num_frames)
-                        sink.write({"__key__": s["key"], "mp4": mp4, "txt": s["caption"], "json": json.dumps(meta)})
-        return str(folder / f"moving-{split}-{{000..{n_shards - 1:03d}}}.tar")
+
+            def record(i: int) -> dict:
+                s = self.sample(i, split)
+                mp4 = write_video(Path(tmp) / "clip.mp4", s["frames"], fps=fps, full_chroma=True).read_bytes()
+                meta = {k: s[k] for k in ("caption", "question", "answer", "objects", "split", "index")}
+                meta.update(seed=self.seed, image_size=self.image_size, num_frames=self.num_frames)
+                return {"__key__": s["key"], "mp4": mp4, "txt": s["caption"], "json": json.dumps(meta)}
+
+            return write_shards(folder, f"moving-{split}", range(n), per_shard, record)
 
 
 def caption(objects: list[dict]) -> str:

@@ -63,10 +63,11 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .shards import write_shards as write_tar_shards
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -378,26 +379,20 @@ class ShapesWorld:
         """Samples 0..n-1 of `split` as webdataset tars `folder/shapes-SPLIT-NNN.tar` (KEY.png, KEY.txt = the
         caption, KEY.json = {caption, question, answer, objects, split, index, seed, image_size}); returns
         the brace pattern, e.g. "folder/shapes-train-{000..004}.tar"."""
-        import webdataset as wds
-
         _check_split(split)
-        if n < 1 or per_shard < 1:
-            raise ValueError(f"n and per_shard must be >= 1, got n={n}, per_shard={per_shard}")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        n_shards = -(-n // per_shard)
-        for shard in range(n_shards):
-            with wds.TarWriter(str(folder / f"shapes-{split}-{shard:03d}.tar"), mtime=0.0) as sink:
-                for i in range(shard * per_shard, min(n, (shard + 1) * per_shard)):
-                    s = self.sample(i, split)
-                    buf = io.BytesIO()
-                    s["image"].save(buf, format="PNG")
-                    meta = {"caption": s["caption"], "question": s["question"], "answer": s["answer"],
-                            "objects": s["objects"], "split": split, "index": i, "seed": self.seed,
-                            "image_size": self.image_size}
-                    sink.write({"__key__": s["key"], "png": buf.getvalue(), "txt": s["caption"],
-                                "json": json.dumps(meta)})
-        return str(folder / f"shapes-{split}-{{000..{n_shards - 1:03d}}}.tar")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+
+        def record(i: int) -> dict:
+            s = self.sample(i, split)
+            buf = io.BytesIO()
+            s["image"].save(buf, format="PNG")
+            meta = {"caption": s["caption"], "question": s["question"], "answer": s["answer"],
+                    "objects": s["objects"], "split": split, "index": i, "seed": self.seed,
+                    "image_size": self.image_size}
+            return {"__key__": s["key"], "png": buf.getvalue(), "txt": s["caption"], "json": json.dumps(meta)}
+
+        return write_tar_shards(folder, f"shapes-{split}", range(n), per_shard, record)
 
 
 def write_shards(folder: str | os.PathLike, split: str = "train", n: int = 1000, per_shard: int = 1000,
