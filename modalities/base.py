@@ -53,6 +53,8 @@ class ModalityCodec(nn.Module, ABC):
     def encode_items(self, batch: Any) -> list[HybridTokens]:
         """A batch of items -> one HybridTokens per item, a row per segment. By default every row of
         `encode` is an item of one segment (an image); multi-segment codecs (video, audio) override it."""
+        if isinstance(batch, (list, tuple)) and not batch:
+            return []
         return self.encode(batch).rows()
 
     @abstractmethod

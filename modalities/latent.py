@@ -59,6 +59,15 @@ class LatentCodec(ModalityCodec):
             raise TypeError(f"a latent codec encodes float tensors [N, {self.latent_dim}, *{self.grids[-1]}]")
         return self.quantize.encode(latents.to(self.device, self.codebook.dtype))
 
+    @torch.no_grad()
+    def encode_items(self, items: Sequence[torch.Tensor]) -> list[HybridTokens]:
+        """Items [N_i, C, *G] (segments first) -> one HybridTokens per item, from one batched encode."""
+        if isinstance(items, torch.Tensor):
+            items = [items]
+        if not items:
+            return []
+        return [t.clone() for t in self.encode(torch.cat(list(items))).split([len(x) for x in items])]
+
     def decode_latent(self, f_hat: torch.Tensor) -> torch.Tensor:
         return f_hat
 

@@ -17,7 +17,6 @@ from unified.sequence import IGNORE
 
 from .codecs import codec_folder, codec_specs, make_codec
 from .config import TrainConfig
-from .data.cache import encode_items
 from .data.decode import sample_modality
 
 TASKS = ("t2i", "caption", "qa")
@@ -109,7 +108,7 @@ class UnifiedTask:
         rows = [s.get("tokens") for s in samples]
         for m in dict.fromkeys(modalities):
             todo = [i for i, (mi, t) in enumerate(zip(modalities, rows, strict=True)) if mi == m and t is None]
-            for i, t in zip(todo, encode_items(model.codecs[m], [samples[i][m] for i in todo]), strict=True):
+            for i, t in zip(todo, model.codecs[m].encode_items([samples[i][m] for i in todo]), strict=True):
                 rows[i] = t
         out = []
         for s, t, m in zip(samples, rows, modalities, strict=True):

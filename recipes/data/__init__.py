@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from .cache import TokenCache, codec_fingerprint, encode_items
+from .cache import TokenCache, codec_fingerprint
 from .decode import DECODERS, BadSample, decode_sample, register_decoder, sample_modality
 from .loader import GlobalBatchLoader
 from .mixture import MixtureSource
@@ -38,7 +38,6 @@ __all__ = [
     "TokenCache",
     "codec_fingerprint",
     "decode_sample",
-    "encode_items",
     "expand_paths",
     "open_source",
     "register_decoder",

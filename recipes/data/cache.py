@@ -14,7 +14,7 @@ works the same for every modality and never hashes decoded pixels.
   folder, or a run killed mid-write, never leave a half-written entry; unreadable entries are
   recomputed.
 
-Tokens are computed with `encode_items` on the codec's device and stored/returned on the CPU.
+Tokens are computed with the codec's `encode_items` on its device and stored/returned on the CPU.
 `get_many` encodes all misses in one batch; a batch may differ from single-item encoding in
 the last bits of the residual, but once stored, an entry is what every later call returns.
 """
@@ -63,19 +63,6 @@ def _codec_config(codec: ModalityCodec) -> dict:
     return config
 
 
-def encode_items(codec: ModalityCodec, items: Sequence[Any]) -> list[HybridTokens]:
-    """One HybridTokens per item, its segments as rows, from one batched `codec.encode`.
-
-    An item given as a tensor holds its segments on the first axis (a latent codec's [N, C, *G]); the
-    tensors are concatenated and the tokens split back. Any other item (a PIL image) is one segment,
-    and the codec takes the list of them."""
-    if not items:
-        return []
-    if all(isinstance(x, torch.Tensor) for x in items):
-        return [t.clone() for t in codec.encode(torch.cat(list(items))).split([len(x) for x in items])]
-    return codec.encode(list(items)).rows()
-
-
 class TokenCache:
     """`get(item, digest) -> HybridTokens` (the item's segments as rows), computed with the codec of the
     item's modality once and then read from `folder`. `hits` / `misses` count lookups."""
@@ -108,7 +95,7 @@ class TokenCache:
         self.hits += len(digests) - len(missing)
         if missing:
             first = {d: n for n, d in reversed(list(enumerate(digests)))}
-            for d, tokens in zip(missing, encode_items(self.codec, [items[first[d]] for d in missing]), strict=True):
+            for d, tokens in zip(missing, self.codec.encode_items([items[first[d]] for d in missing]), strict=True):
                 found[d] = tokens.to("cpu")
                 self._write(d, found[d])
         return [found[d] for d in digests]

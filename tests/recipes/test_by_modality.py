@@ -17,7 +17,6 @@ import modalities
 from recipes.codecs import codec_folder, codec_specs
 from recipes.config import TrainConfig, load_config
 from recipes.data import BadSample, TokenCache, decode_sample
-from recipes.data.cache import encode_items
 from recipes.data.decode import DECODERS, decode_array, register_decoder, sample_modality
 from recipes.tasks import UnifiedTask
 
@@ -144,7 +143,7 @@ def test_token_cache_of_a_multi_segment_modality(tmp_path):
             torch.testing.assert_close(g.residual, d.residual)
     assert (cache.misses, cache.hits) == (4, 4) and len(list(tmp_path.rglob("*.safetensors"))) == 4
     # batched encoding of several items == one item at a time (segments split back)
-    for g, d in zip(encode_items(codec, items), direct, strict=True):
+    for g, d in zip(codec.encode_items(items), direct, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(g.indices, d.indices, strict=True))
 
 
