@@ -53,9 +53,24 @@ def _write_image_items(items: torch.Tensor, out: Path, prompts: list[str]) -> li
                                                       prompts)]
 
 
+def _write_video_items(items: torch.Tensor, out: Path, prompts: list[str], fps: float = 8.0) -> list[Path]:
+    """Clips [B, T, 3, H, W] in [0, 1]: OUT (.mp4, H.264, or .gif), or OUT_000.mp4, ... for several."""
+    from modalities import write_video
+
+    if out.suffix.lower() not in (".mp4", ".gif"):
+        raise ValueError(f"--out {out}: a video is written as .mp4 or .gif")
+    paths = [out] if len(items) == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(len(items))]
+    for clip, path in zip(items, paths, strict=True):
+        write_video(path, clip, fps=fps)
+    if len(items) > 1:
+        out.with_name(f"{out.stem}_prompts.txt").write_text("\n".join(prompts) + "\n")
+    return paths
+
+
 # modality -> writer(items [B, N, ...] as the codec decodes them, OUT path, prompts) -> written paths; a
-# modality the recipes can write (video frames, audio files) is one more entry
-WRITERS = {"image": _write_image_items}
+# modality the recipes can write (audio files) is one more entry
+WRITERS = {"image": _write_image_items, "video": _write_video_items}
+DEFAULT_OUT = {"image": "image.png", "video": "video.mp4"}
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -147,6 +162,27 @@ def _fit(images, size: tuple[int, int]):
     return [im if im.size == (size[1], size[0]) else im.resize((size[1], size[0]), Image.BICUBIC) for im in images]
 
 
+def _given_frames(model, args: argparse.Namespace):
+    """--given: the first --given-segments frames of a video file, or an image file as the first frame
+    (image-to-video); tokens of one item, a row per frame."""
+    from modalities import VideoCodec, read_video
+
+    codec = model.codecs[args.modality]
+    if not isinstance(codec, VideoCodec):
+        raise ValueError(f"--given continues video; the {args.modality!r} codec is a {type(codec).__name__}")
+    path = Path(args.given)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+        import numpy as np
+
+        frames = torch.from_numpy(np.stack([np.asarray(im) for im in _fit(_open_images([str(path)]),
+                                                                          codec.frame_size)]))
+    else:
+        frames = read_video(path, args.given_segments, stride=1, size=codec.frame_size)
+    if len(frames) >= args.segments:
+        raise ValueError(f"{len(frames)} frames given and --segments {args.segments}: nothing left to write")
+    return codec.encode_items([frames])[0]
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from modalities import ImageCodec
 
@@ -159,25 +195,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = list(args.prompt or [])
     if args.prompts_file:
         prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError("give at least one --prompt or a --prompts-file")
+    given = _given_frames(model, args) if args.given else None
+    if not prompts and given is None:
+        raise ValueError("give at least one --prompt or a --prompts-file (or --given frames to continue)")
     if any(not p.strip() for p in prompts):
         raise ValueError(f"empty prompt: describe the {args.modality}")
     if args.previews and args.modality != "image":
         raise ValueError("--previews writes images: only for --modality image")
+    out = Path(args.out or DEFAULT_OUT.get(args.modality, f"{args.modality}.out"))
     from tqdm.auto import tqdm
 
     out_items, strips = [], []
-    for start in tqdm(range(0, len(prompts), args.batch_size), desc="generating", disable=args.quiet):
-        batch = prompts[start : start + args.batch_size]
+    rows: list[str | None] = list(prompts) or [None]  # None: continue the given frames without a prompt
+    for start in tqdm(range(0, len(rows), args.batch_size), desc="generating", disable=args.quiet):
+        batch = rows[start : start + args.batch_size]
         steps: list[torch.Tensor] = []
         callback = (lambda k, n, img, steps=steps: steps.append(img.cpu())) if args.previews else None
-        items = model.generate(batch, modality=args.modality, segments=args.segments, cfg=args.cfg,
+        items = model.generate(None if batch == [None] else batch, modality=args.modality, segments=args.segments,
+                               given=None if given is None else [given] * len(batch), cfg=args.cfg,
                                seed=args.seed + start, top_k=args.top_k, callback=callback)
         out_items.append((items[:, None] if args.segments == 1 else items).cpu())
         if args.previews:  # one strip per prompt: scale 1 .. K (of every segment), coarse to fine
             strips += [torch.cat([s[i] for s in steps], dim=2) for i in range(len(batch))]
-    paths = WRITERS[args.modality](torch.cat(out_items), Path(args.out), prompts)
+    paths = WRITERS[args.modality](torch.cat(out_items), out, prompts or [""])
     for path, strip in zip(paths, strips, strict=False):
         ImageCodec.to_pil(strip[None])[0].save(path.with_name(f"{path.stem}_scales.png"))
     for p in paths:
@@ -313,7 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="segments per item (frames, chunks; default 1); several give OUT_sJJ files")
     gen.add_argument("--prompt", action="append", help="a prompt; repeat for several images")
     gen.add_argument("--prompts-file", help="text file with one prompt per line")
-    gen.add_argument("--out", default="image.png", help="output PNG; several prompts give OUT_000.png, ...")
+    gen.add_argument("--out", default=None,
+                     help="output file (default image.png, video.mp4); several prompts give OUT_000.png, ...")
+    gen.add_argument("--given", help="video: continue the first frames of this video file, or this image as the "
+                                     "first frame (image-to-video); prompts are optional then")
+    gen.add_argument("--given-segments", type=int, default=1, help="frames of --given to continue from (default 1)")
     gen.add_argument("--previews", action="store_true", help="also write OUT_scales.png: every scale, coarse to fine")
     gen.add_argument("--cfg", type=float, default=None,
                      help="classifier-free guidance scale (default: the model's own, default_cfg in its config.json)")

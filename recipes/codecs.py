@@ -3,7 +3,8 @@
     model:
       codecs:
         image: tokenizer/final                     # a codec folder (codec.json), "debug", or (images
-                                                   # only) a released HART tokenizer folder
+                                                   # and video) a released HART tokenizer folder
+        video: tokenizer/final                     # an image codec: each frame is coded with it
         audio: {codec: debug, head: {diff_width: 64, default_cfg: 1.0}}
 
 The legacy form, `model.codec` + `model.head`, means `{image: {codec, head}}`. A model-level
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modalities import ImageCodec, ModalityCodec, load_codec
+from modalities import ImageCodec, ModalityCodec, VideoCodec, load_codec
 
 SPEC_KEYS = ("codec", "head")
 HEAD_DEFAULTS = ("default_cfg", "default_top_k")  # may stand at the model level, for every head
@@ -63,21 +64,28 @@ def codec_specs(model: Mapping) -> list[CodecSpec]:
 
 
 def make_codec(spec: CodecSpec, seed: int, image_size: int) -> ModalityCodec:
-    """The codec a spec names: "debug" (a tiny random one: the image codec for images, a latent codec
-    for any other modality), a codec folder, or for images a released HART tokenizer folder."""
+    """The codec a spec names: "debug" (a tiny random one: the image codec for images and, frame by frame,
+    for video; a latent codec for any other modality), a codec folder, or for images and video a released
+    HART tokenizer folder. Video given an image codec (folder) codes each frame with it."""
+    frames = spec.modality in ("image", "video")
     if spec.codec == "debug":
-        if spec.modality == "image":
+        if frames:
             from modalities import debug_image_codec
 
-            return debug_image_codec(seed, image_size=image_size)
-        from modalities import debug_latent_codec
+            codec = debug_image_codec(seed, image_size=image_size)
+        else:
+            from modalities import debug_latent_codec
 
-        return debug_latent_codec(seed=seed, name=spec.modality)
-    if (Path(spec.codec) / "codec.json").is_file():
-        return load_codec(spec.codec)
-    if spec.modality == "image":
-        return ImageCodec.from_official(spec.codec)
-    raise FileNotFoundError(f"model.codecs.{spec.modality}: {spec.codec} is not a codec folder (no codec.json)")
+            return debug_latent_codec(seed=seed, name=spec.modality)
+    elif (Path(spec.codec) / "codec.json").is_file():
+        codec = load_codec(spec.codec)
+    elif frames:
+        codec = ImageCodec.from_official(spec.codec)
+    else:
+        raise FileNotFoundError(f"model.codecs.{spec.modality}: {spec.codec} is not a codec folder (no codec.json)")
+    if spec.modality == "video" and isinstance(codec, ImageCodec):
+        codec = VideoCodec(codec)
+    return codec
 
 
 def codec_folder(artifacts: Path, modality: str) -> Path:

@@ -33,7 +33,8 @@ class TrainConfig:
     log_every: int = 1
     sample_every: int = 0  # write a PNG grid of generated samples every N steps (0: never)
     sample_prompts: list[str] = field(default_factory=list)
-    image_size: int = 16
+    image_size: int = 16  # images and video frames
+    video_frames: int | None = None  # frames sampled evenly from each video (None: every frame of the file)
     token_cache: str | None = None  # folder: pre-tokenise images once with the codec and reuse (unified task)
     data: Any = None  # a data source spec (see recipes.data.open_source)
     model: dict = field(default_factory=dict)  # task-specific model settings

@@ -136,12 +136,13 @@ def peak_memory(device: torch.device) -> dict:
     return out
 
 
-def first_good(source, image_size: int, modalities: tuple[str, ...] | None = None) -> list[dict]:
+def first_good(source, image_size: int, modalities: tuple[str, ...] | None = None,
+               video_frames: int | None = None) -> list[dict]:
     from .data import decode_sample
 
     for i in range(len(source)):
         try:
-            return [decode_sample(source.raw(i), image_size, modalities=modalities)]
+            return [decode_sample(source.raw(i), image_size, modalities=modalities, video_frames=video_frames)]
         except Exception:
             continue
     raise RuntimeError("no decodable sample in the data")
@@ -168,7 +169,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         def texts():
             for i in range(min(len(source), 10_000)):
                 try:
-                    yield decode_sample(source.raw(i), cfg.image_size, modalities=task.modalities)
+                    yield decode_sample(source.raw(i), cfg.image_size, modalities=task.modalities,
+                                        video_frames=cfg.video_frames)
                 except Exception:  # undecodable samples are counted by the loader during training
                     continue
 
@@ -200,7 +202,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
 
         caches = {m: TokenCache(cfg.token_cache, codec) for m, codec in model.codecs.items()}
     loader = GlobalBatchLoader(source, cfg.global_batch, cfg.micro_batch, cfg.seed, cfg.image_size, cache=caches,
-                               modalities=task.modalities)
+                               modalities=task.modalities, video_frames=cfg.video_frames)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -223,7 +225,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             if samples:
                 last_good = samples
             else:  # every sample of this micro-batch was bad: run a zero-weight pass to keep the ranks in step
-                samples, weight = last_good or first_good(source, cfg.image_size, task.modalities), 0.0
+                samples = last_good or first_good(source, cfg.image_size, task.modalities, cfg.video_frames)
+                weight = 0.0
             loss, metrics, tokens = task.loss(engine.module, samples, g)  # metrics: floats, per micro-batch
             engine.backward(loss * weight)
             engine.step()

@@ -69,8 +69,9 @@ def as_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 class DecodeSettings:
     """What a decoder may need besides the bytes (its `describe` puts the part that matters in the digest)."""
 
-    image_size: tuple[int, int]
+    image_size: tuple[int, int]  # also the frame size of videos
     resize: str = "center_crop"
+    video_frames: int | None = None  # frames sampled evenly from a video (None: every frame)
 
 
 @dataclass(frozen=True)
@@ -134,17 +135,17 @@ def sample_modality(sample: Mapping, modalities: Iterable[str]) -> str | None:
 
 
 def decode_sample(raw: Mapping, image_size: int | tuple[int, int], resize: str = "center_crop",
-                  modalities: Iterable[str] | None = None) -> dict:
+                  modalities: Iterable[str] | None = None, video_frames: int | None = None) -> dict:
     """Decode one `Source.raw(i)` dict; raises `BadSample` for anything wrong with the sample.
 
     modalities: the items to decode (default: every modality with a registered decoder); the sample
-    needs at least one of them."""
+    needs at least one of them. video_frames: frames sampled evenly from a video (None: all)."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by some library or script): truncated "
                            "images would decode silently as partly grey; set it back to False")
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-    settings = DecodeSettings(as_size(image_size), resize)
+    settings = DecodeSettings(as_size(image_size), resize, video_frames)
     wanted = registered_modalities() if modalities is None else tuple(modalities)
     key = str(raw.get("__key__", "?"))
     if raw.get("__error__"):
@@ -189,6 +190,24 @@ def decode_image(key: str, data, field: str, settings: DecodeSettings) -> Image.
     """An RGB PIL image of `settings.image_size` (see the module doc for what is done to it)."""
     H, W = settings.image_size
     return _fit(_decode_image(key, data, field), H, W, settings.resize)
+
+
+VIDEO_FIELDS = ("mp4", "webm", "mkv", "mov", "avi")
+
+
+@register_decoder("video", VIDEO_FIELDS,
+                  describe=lambda s: f"{s.image_size[0]}x{s.image_size[1]}:{s.resize}:frames={s.video_frames}")
+def decode_video(key: str, data, field: str, settings: DecodeSettings) -> torch.Tensor:
+    """uint8 frames [T, H, W, 3] of `settings.image_size`, read through decord (or torchcodec); T =
+    `settings.video_frames` sampled evenly, or every frame. A corrupt, truncated or too short file is a
+    bad sample; no video reader installed stops the run."""
+    from modalities import VideoReadError, read_video
+
+    try:
+        return read_video(bytes(data), settings.video_frames, size=settings.image_size, resize=settings.resize,
+                          name=f"{key}.{field}")
+    except VideoReadError as e:
+        raise BadSample(key, str(e)) from None
 
 
 def decode_array(key: str, data, field: str, settings: DecodeSettings) -> torch.Tensor:

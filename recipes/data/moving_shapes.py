@@ -175,3 +175,24 @@ def _overlap(a: list[int], b: list[int]) -> bool:
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m recipes.data.moving_shapes",
+                                     description="Write Moving Shapes World clips as webdataset shards of mp4 files.")
+    parser.add_argument("out", help="output folder")
+    parser.add_argument("--split", choices=SPLITS, default="train")
+    parser.add_argument("--n", type=int, default=1000, help="clips (default 1000)")
+    parser.add_argument("--per-shard", type=int, default=500)
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
+    parser.add_argument("--size", type=int, default=32, help="frame side in pixels (default 32)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    world = MovingShapesWorld(args.seed, args.size, args.frames)
+    print(world.write_shards(args.out, args.split, args.n, args.per_shard))
+
+
+if __name__ == "__main__":
+    main()

@@ -71,6 +71,7 @@ class EvalContext:
     top_k: int | None = None
     seed: int = 0
     split: str = "heldout"
+    video_frames: int = 8
     timings: dict[str, tuple[int, float]] = field(default_factory=dict)  # "images"/"captions": (count, seconds)
     examples: list[dict] = field(default_factory=list)
 
@@ -122,14 +123,14 @@ def choose_suites(model, names: list[str] | None) -> list[str]:
 @torch.no_grad()
 def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None, seed: int = 0,
              progress: bool = True, split: str = "heldout", top_k: int | None = None,
-             suites: list[str] | None = None) -> dict:
+             suites: list[str] | None = None, video_frames: int = 8) -> dict:
     """{suite results..., "settings", "examples"} for the chosen suites (default: all that apply)."""
     names = choose_suites(model, suites)
     split_start(split)  # checks the name
-    if "image" in model.codecs:  # every built-in suite samples images: record the settings it used
+    ctx = EvalContext(n, batch_size, cfg, top_k, seed, split, video_frames)  # None: each modality's own default
+    if "image" in model.codecs:  # the image suites' settings, recorded
         cfg = model.config.head("image").default_cfg if cfg is None else cfg
         top_k = model.config.head("image").default_top_k if top_k is None else top_k
-    ctx = EvalContext(n, batch_size, cfg, top_k, seed, split)
     out: dict = {}
     for name in tqdm(names, desc="eval", disable=not progress):
         out.update(EVAL_SUITES[name].run(model, ctx))
@@ -137,6 +138,8 @@ def evaluate(model, n: int = 200, batch_size: int = 32, cfg: float | None = None
     if "image" in model.codecs:
         out["settings"]["image_size"] = model.codecs["image"].image_size[0]
     out["settings"]["split"] = split
+    if "video" in model.codecs:
+        out["settings"]["video_frames"] = video_frames
     if suites:
         out["settings"]["suites"] = names
     if ctx.examples:
@@ -292,6 +295,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("heldout", "train"), default="heldout",
                         help="Shapes World prompts/images: held-out combinations (the benchmark, default) or "
                              "fresh training-split scenes (for choosing settings such as --cfg)")
+    parser.add_argument("--video-frames", type=int, default=8, help="frames per clip of the video suites (default 8)")
     parser.add_argument("--suite", action="append", default=None,
                         help=f"an evaluation suite to run ({', '.join(EVAL_SUITES)}); repeat for several (default: "
                              "every suite that applies to the model's modalities)")
@@ -300,7 +304,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(model, args: argparse.Namespace, progress: bool = True) -> int:
     """Evaluate with the options of `add_arguments`, print the table, write the JSON if asked."""
     results = evaluate(model, n=args.n, batch_size=args.batch_size, cfg=args.cfg, seed=args.seed,
-                       progress=progress, split=args.split, top_k=args.top_k, suites=args.suite)
+                       progress=progress, split=args.split, top_k=args.top_k, suites=args.suite,
+                       video_frames=args.video_frames)
     print(table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
@@ -324,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+
+from . import video_suite  # noqa: E402,F401  (registers the "moving_shapes" suite)
 
 if __name__ == "__main__":
     sys.exit(main())
