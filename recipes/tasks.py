@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -22,6 +23,8 @@ from .data.decode import sample_modality
 TASKS = ("t2i", "caption", "qa")
 
 
+log = logging.getLogger("recipes.tasks")
+
 def save_grid(images: torch.Tensor, captions: list[str], path: Path) -> None:
     """A row of images [B, 3, H, W] in [0, 1] with their prompts in a sidecar text file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,9 +37,11 @@ class UnifiedTask:
 
     model settings (`cfg.model`): backbone (a transformers config dict, or a local LLM folder),
     codecs ({modality: spec or {codec: spec, head: HeadConfig fields}}, see `recipes.codecs`; or the
-    legacy codec + head, an image codec), text_tokenizer (a folder; default: trained on the data's
-    texts, with every modality's specials), and UnifiedConfig fields (loss weights and
-    token_loss_weighting, caption_dropout, diffusion_token, max_length).
+    legacy codec + head, an image codec), text_tokenizer (a folder, to which missing modality specials
+    are added; default: trained on the data's texts, with every modality's specials), init_from (a
+    unified model folder whose weights the model starts from; init_heads: {new head: its head}, e.g.
+    {video: image}), and UnifiedConfig fields (loss weights and token_loss_weighting, caption_dropout,
+    diffusion_token, max_length).
     """
 
     name = "unified"
@@ -63,6 +68,7 @@ class UnifiedTask:
             codec.save_pretrained(self.artifacts / "codecs" / spec.modality)
         if m.get("text_tokenizer"):
             text = TextTokenizer.from_pretrained(m["text_tokenizer"])
+            text.add_specials([s for s in specials_for(self.modalities) if s not in text.specials])
         else:
             fields = ("caption", "question", "answer")
             corpus = [s[f] for s in samples_for_text() for f in fields if s.get(f)]
@@ -85,6 +91,10 @@ class UnifiedTask:
         if isinstance(backbone, dict):
             backbone = {**backbone, "vocab_size": max(int(backbone.get("vocab_size", 0)), text.vocab_size)}
         model = UnifiedModel.build(text, codecs, backbone, heads=heads, **unified_kwargs)
+        if m.get("init_from"):  # start from a trained model: same on every rank, before DeepSpeed
+            kept = model.adopt_weights(m["init_from"], m.get("init_heads"))
+            log.info("started from %s (%s); fresh: %s", m["init_from"], m.get("init_heads") or "same heads",
+                     ", ".join(kept) or "nothing")
         (self.artifacts / "unified_config.json").write_text(json.dumps(model.config.to_dict(), indent=1))
         return model
 

@@ -14,6 +14,7 @@ pattern.py, the templates templates.py, generation generation.py, the item losse
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -222,6 +223,39 @@ class UnifiedModel(GenerationMixin, nn.Module):
         self.text.save_pretrained(folder / "text_tokenizer")
         for name, codec in self.codecs.items():
             codec.save_pretrained(folder / "codecs" / name)
+
+    @torch.no_grad()
+    def adopt_weights(self, folder: str | os.PathLike, heads: Mapping[str, str] | None = None) -> list[str]:
+        """Start from another unified model's weights, to fine-tune it or grow it a modality: its backbone,
+        and each head of this model from the head `heads.get(name, name)` there (e.g. {"video": "image"}:
+        a video head starts as the image head of the same codec). Text embedding rows are copied for the ids
+        both text tokenizers share (this one may append specials). Returns the parameters left as they were."""
+        folder = Path(folder)
+        theirs = TextTokenizer.from_pretrained(folder / "text_tokenizer")
+        probe = "a red circle moving right, the digit 7? 0123"
+        shared = all(self.text.special_ids.get(s) == i for s, i in theirs.special_ids.items())
+        if theirs.vocab_size > self.text.vocab_size or theirs.encode(probe) != self.text.encode(probe) or not shared:
+            raise ValueError(f"{folder}: its text tokenizer is not this model's (start from its text_tokenizer/ "
+                             "and add specials to it, so that shared ids mean the same)")
+        source = read_weights(folder, prefer_ema=False)
+        rename = dict(heads or {})
+        kept = []
+        for name, tensor in self.state_dict().items():
+            src = name
+            if name.startswith("heads."):
+                modality, rest = name[len("heads."):].split(".", 1)
+                src = f"heads.{rename.get(modality, modality)}.{rest}"
+            w = source.get(src)
+            if w is None:
+                kept.append(name)
+            elif w.shape == tensor.shape:
+                tensor.copy_(w)
+            elif w.dim() == tensor.dim() and w.shape[1:] == tensor.shape[1:] and w.shape[0] < tensor.shape[0]:
+                tensor[: w.shape[0]].copy_(w)  # a text table that grew: the shared ids' rows
+            else:
+                raise ValueError(f"{folder}: {src} has shape {tuple(w.shape)}, "
+                                 f"this model's {name} {tuple(tensor.shape)}")
+        return kept
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> UnifiedModel:

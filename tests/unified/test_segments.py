@@ -163,3 +163,29 @@ def test_configs_and_specials(tmp_path):
     again = UnifiedModel.from_pretrained(tmp_path / "m")
     kw = dict(modality="audio", segments=2, seed=0, top_k=4)
     torch.testing.assert_close(again.generate(["a rising tone"], **kw), model.generate(["a rising tone"], **kw))
+
+
+def test_adopt_weights_grows_a_modality(tmp_path):
+    """A video model starts from an image model: the backbone, the shared text rows, and its video head
+    from the image head (same codec); a different text tokenizer is refused."""
+    from modalities import TextTokenizer, VideoCodec
+    from unified import HeadConfig, UnifiedModel
+
+    source = debug_model(["image"])
+    source.save_pretrained(tmp_path / "image_model")
+    text = TextTokenizer.from_pretrained(tmp_path / "image_model" / "text_tokenizer")
+    text.add_specials(["<bov>", "<eov>"])
+    image = source.codecs["image"]
+    backbone = {**source.config.backbone, "vocab_size": text.vocab_size}
+    grown = UnifiedModel.build(text, {"video": VideoCodec(image)}, backbone,
+                               heads=[HeadConfig("video", diff_width=64, diff_depth=2)])
+    assert grown.adopt_weights(tmp_path / "image_model", {"video": "image"}) == []
+    theirs, ours = source.state_dict(), grown.state_dict()
+    for name, w in theirs.items():
+        mine = ours[name.replace("heads.image.", "heads.video.")]
+        torch.testing.assert_close(mine[: w.shape[0]], w, rtol=0, atol=0)
+    table = "backbone.lm.model.embed_tokens.weight"
+    assert ours[table].shape[0] == theirs[table].shape[0] + 2  # the two video specials, fresh
+    other = debug_model(["image"], texts=["completely different words here"] * 50, vocab_size=400)
+    with pytest.raises(ValueError, match="text tokenizer is not this model's"):
+        other.adopt_weights(tmp_path / "image_model")
