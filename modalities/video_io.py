@@ -2,7 +2,7 @@
 
 Reading goes through decord (the design card's choice) or, where decord cannot be installed (it has no
 aarch64 or macOS-arm wheel, and its last release is from 2021), torchcodec, PyTorch's own decoder, with
-exact frame seeking. Both sit behind one interface:
+exact frame seeking; animated GIFs through Pillow. All sit behind one interface:
 
     reader = open_video("clip.mp4")                   # backend="auto" | "decord" | "torchcodec"
     reader.num_frames, reader.fps, reader.size        # size = (H, W)
@@ -19,6 +19,7 @@ animated GIF (Pillow), atomically (a temporary file in the same folder, then a r
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import uuid
@@ -132,7 +133,44 @@ class _TorchcodecReader(VideoReader):
         return self._dec.get_frames_at(indices).data.numpy()
 
 
+class _GifReader(VideoReader):
+    """Animated GIFs through Pillow (decord cannot measure their duration); every frame is kept."""
+
+    backend = "pillow"
+
+    def __init__(self, source, name):
+        super().__init__(source, name)
+        from PIL import Image, ImageSequence
+
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            self._data = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)])
+            durations = [f.info.get("duration", 0) for f in ImageSequence.Iterator(im)]
+        self._fps = 1000.0 / float(np.mean(durations)) if durations and np.mean(durations) > 0 else 10.0
+
+    @property
+    def num_frames(self) -> int:
+        return len(self._data)
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self._data.shape[1:3])
+
+    def _frames(self, indices):
+        return self._data[indices]
+
+
 _READERS = {"decord": _DecordReader, "torchcodec": _TorchcodecReader}
+
+
+def _is_gif(source: str | bytes) -> bool:
+    if isinstance(source, bytes):
+        return source[:4] == b"GIF8"
+    with open(source, "rb") as f:
+        return f.read(4) == b"GIF8"
 
 
 def available_backends() -> list[str]:
@@ -159,6 +197,11 @@ def open_video(source: str | os.PathLike | bytes, backend: str = "auto", name: s
         name = name or str(source)
         if not Path(source).is_file():
             raise VideoReadError(f"{name}: no such file")
+    if backend == "auto" and _is_gif(source):
+        try:
+            return _GifReader(source, name)
+        except Exception as e:  # Pillow's own error on a damaged file
+            raise VideoReadError(f"{name}: not a readable GIF ({type(e).__name__}: {_first_line(e)})") from e
     names = available_backends() if backend == "auto" else [backend]
     if not names:
         raise RuntimeError("no video reader is installed: pip install decord (x86_64 Linux/Windows) or torchcodec")

@@ -3,8 +3,10 @@
 Unified model (the shipped default model unless --model DIR):
     hart-unified generate --prompt "a red circle in the top left" --out circle.png --previews
     hart-unified generate --modality image --segments 1 ...   # any modality the model and recipes can write
-    hart-unified caption photo.png other.png
+    hart-unified caption photo.png other.png       # or clip.mp4: what happens in it
     hart-unified ask --image photo.png --question "what colour is the circle?"
+    hart-unified generate --modality video --segments 8 --prompt "a red circle moving right" --out clip.mp4 --gif
+    hart-unified generate --modality video --segments 8 --given start.mp4 --given-segments 2   # continuation
     hart-unified demo --out demo/                  # prompts -> images -> captions, with an index page
     hart-unified eval --out eval.json              # prompt adherence, caption/QA accuracy, digits, speed
     hart-unified eval --suite digits               # one evaluation suite (default: all that apply)
@@ -24,53 +26,9 @@ from pathlib import Path
 import torch
 
 from .eval.evaluate import add_arguments as add_eval_arguments
+from .media import DEFAULT_OUT, WRITERS, given_frames, modality_of, read_clip, read_images, save_images
 
 EXIT_BAD_INPUT = 2
-
-
-def _save_images(images: torch.Tensor, out: Path, prompts: list[str]) -> list[Path]:
-    """Images [B, 3, H, W] in [0, 1] as PNGs: OUT, or OUT_000.png, ... (and OUT_prompts.txt) for several."""
-    from modalities import ImageCodec
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if len(images) == 1:
-        paths = [out]
-    else:
-        paths = [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(len(images))]
-    for img, path in zip(ImageCodec.to_pil(images), paths, strict=True):
-        img.save(path)
-    if len(images) > 1:
-        out.with_name(f"{out.stem}_prompts.txt").write_text("\n".join(prompts) + "\n")
-    return paths
-
-
-def _write_image_items(items: torch.Tensor, out: Path, prompts: list[str]) -> list[Path]:
-    """Image items [B, N, 3, H, W]: one PNG per image, OUT_sJJ for segment J of items of several."""
-    B, N = items.shape[:2]
-    if N == 1:
-        return _save_images(items[:, 0], out, prompts)
-    return [p for j in range(N) for p in _save_images(items[:, j], out.with_name(f"{out.stem}_s{j:02d}{out.suffix}"),
-                                                      prompts)]
-
-
-def _write_video_items(items: torch.Tensor, out: Path, prompts: list[str], fps: float = 8.0) -> list[Path]:
-    """Clips [B, T, 3, H, W] in [0, 1]: OUT (.mp4, H.264, or .gif), or OUT_000.mp4, ... for several."""
-    from modalities import write_video
-
-    if out.suffix.lower() not in (".mp4", ".gif"):
-        raise ValueError(f"--out {out}: a video is written as .mp4 or .gif")
-    paths = [out] if len(items) == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(len(items))]
-    for clip, path in zip(items, paths, strict=True):
-        write_video(path, clip, fps=fps)
-    if len(items) > 1:
-        out.with_name(f"{out.stem}_prompts.txt").write_text("\n".join(prompts) + "\n")
-    return paths
-
-
-# modality -> writer(items [B, N, ...] as the codec decodes them, OUT path, prompts) -> written paths; a
-# modality the recipes can write (audio files) is one more entry
-WRITERS = {"image": _write_image_items, "video": _write_video_items}
-DEFAULT_OUT = {"image": "image.png", "video": "video.mp4"}
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -108,7 +66,7 @@ def cmd_t2i(args: argparse.Namespace) -> int:
         prompts, cfg=args.cfg, seed=args.seed, top_k=args.top_k, top_p=args.top_p,
         more_smooth=args.more_smooth, batch_size=args.batch_size, progress=not args.quiet,
     )
-    for path in _save_images(images, Path(args.out), prompts):
+    for path in save_images(images, Path(args.out), prompts):
         print(path)
     return 0
 
@@ -139,50 +97,6 @@ def _load_unified(args: argparse.Namespace):
     return model.eval()
 
 
-def _open_images(paths: list[str]):
-    from PIL import Image, UnidentifiedImageError
-
-    images = []
-    for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"image {p} does not exist")
-        try:
-            with Image.open(p) as im:
-                im.load()
-                images.append(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read image {p}: {e}") from e
-    return images
-
-
-def _fit(images, size: tuple[int, int]):
-    """Resize to the codec's size (a user's photo rarely has it)."""
-    from PIL import Image
-
-    return [im if im.size == (size[1], size[0]) else im.resize((size[1], size[0]), Image.BICUBIC) for im in images]
-
-
-def _given_frames(model, args: argparse.Namespace):
-    """--given: the first --given-segments frames of a video file, or an image file as the first frame
-    (image-to-video); tokens of one item, a row per frame."""
-    from modalities import VideoCodec, read_video
-
-    codec = model.codecs[args.modality]
-    if not isinstance(codec, VideoCodec):
-        raise ValueError(f"--given continues video; the {args.modality!r} codec is a {type(codec).__name__}")
-    path = Path(args.given)
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
-        import numpy as np
-
-        frames = torch.from_numpy(np.stack([np.asarray(im) for im in _fit(_open_images([str(path)]),
-                                                                          codec.frame_size)]))
-    else:
-        frames = read_video(path, args.given_segments, stride=1, size=codec.frame_size)
-    if len(frames) >= args.segments:
-        raise ValueError(f"{len(frames)} frames given and --segments {args.segments}: nothing left to write")
-    return codec.encode_items([frames])[0]
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from modalities import ImageCodec
 
@@ -195,7 +109,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = list(args.prompt or [])
     if args.prompts_file:
         prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
-    given = _given_frames(model, args) if args.given else None
+    given = (given_frames(model.codecs[args.modality], args.given, args.given_segments, args.segments)
+             if args.given else None)
     if not prompts and given is None:
         raise ValueError("give at least one --prompt or a --prompts-file (or --given frames to continue)")
     if any(not p.strip() for p in prompts):
@@ -217,7 +132,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         out_items.append((items[:, None] if args.segments == 1 else items).cpu())
         if args.previews:  # one strip per prompt: scale 1 .. K (of every segment), coarse to fine
             strips += [torch.cat([s[i] for s in steps], dim=2) for i in range(len(batch))]
-    paths = WRITERS[args.modality](torch.cat(out_items), out, prompts or [""])
+    paths = WRITERS[args.modality](torch.cat(out_items), out, prompts or [""], gif=args.gif)
     for path, strip in zip(paths, strips, strict=False):
         ImageCodec.to_pil(strip[None])[0].save(path.with_name(f"{path.stem}_scales.png"))
     for p in paths:
@@ -225,61 +140,40 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_codec(model):
-    """The model's image codec (caption, ask and demo read and write image files)."""
-    if "image" not in model.codecs:
-        raise ValueError(f"this model has no image codec (it has: {', '.join(model.codecs)})")
-    return model.codecs["image"]
+def _read_items(model, paths: list[str], frames: int | None = None) -> tuple[str, list]:
+    """Image or video files (by their suffix) as the model's codec of that modality reads them."""
+    kinds = {modality_of(p) for p in paths}
+    if len(kinds) > 1:
+        raise ValueError("give images or videos, not both in one call")
+    modality = kinds.pop()
+    if modality not in model.codecs:
+        raise ValueError(f"this model has no {modality} codec (it has: {', '.join(model.codecs)})")
+    codec = model.codecs[modality]
+    if modality == "image":
+        return modality, read_images(paths, codec.image_size)
+    return modality, [read_clip(p, codec.frame_size, frames) for p in paths]
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
     model = _load_unified(args)
-    images = _fit(_open_images(args.images), _image_codec(model).image_size)
-    texts = model.describe(images, modality="image", max_new_tokens=args.max_new_tokens)
-    for path, text in zip(args.images, texts, strict=True):
+    modality, items = _read_items(model, args.files, args.frames)
+    texts = model.describe(items, modality=modality, max_new_tokens=args.max_new_tokens)
+    for path, text in zip(args.files, texts, strict=True):
         print(f"{path}\t{text}")
     return 0
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
     model = _load_unified(args)
-    images = _fit(_open_images([args.image]), _image_codec(model).image_size)
-    print(model.describe(images, modality="image", question=args.question, max_new_tokens=args.max_new_tokens)[0])
+    modality, items = _read_items(model, [args.image], args.frames)
+    print(model.describe(items, modality=modality, question=args.question, max_new_tokens=args.max_new_tokens)[0])
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """A handful of prompts end to end: images (with coarse-to-fine strips), the model's own captions
-    of what it drew, and an index.html contact sheet."""
-    import html
+    from .demo import run_demo
 
-    from PIL import Image
-
-    from modalities import ImageCodec
-
-    model = _load_unified(args)
-    _image_codec(model)
-    prompts = args.prompt or DEMO_PROMPTS
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    steps: list[torch.Tensor] = []
-    images = model.generate_image(prompts, cfg=args.cfg, seed=args.seed,
-                                  callback=lambda k, n, img: steps.append(img.cpu()))
-    captions = model.caption(images, max_new_tokens=24)
-    rows = []
-    for i, (prompt, caption) in enumerate(zip(prompts, captions, strict=True)):
-        img = ImageCodec.to_pil(images[i : i + 1])[0]
-        strip = ImageCodec.to_pil(torch.cat([s[i] for s in steps], dim=2)[None])[0]
-        for pic, name in ((img, f"{i:02d}.png"), (strip, f"{i:02d}_scales.png")):
-            pic.resize((pic.width * 4, pic.height * 4), Image.NEAREST).save(out / name)
-        rows.append(f"<tr><td>{html.escape(prompt)}</td><td><img src='{i:02d}.png'></td>"
-                    f"<td><img src='{i:02d}_scales.png'></td><td>{html.escape(caption)}</td></tr>")
-        print(f"{prompt!r} -> {out / f'{i:02d}.png'} -> caption {caption!r}")
-    (out / "index.html").write_text(
-        "<html><body><h1>hart-unified demo</h1><table border=1 cellpadding=6>"
-        "<tr><th>prompt</th><th>image</th><th>scales, coarse to fine</th><th>the model's caption of it</th></tr>"
-        + "\n".join(rows) + "</table></body></html>\n")
-    print(out / "index.html")
+    print(run_demo(_load_unified(args), args.out, args.prompt, args.cfg, args.seed, args.frames))
     return 0
 
 
@@ -298,16 +192,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     train_main([args.recipe, *args.overrides, *(["--resume"] if args.resume else [])])
     return 0
-
-
-DEMO_PROMPTS = [
-    "a red circle in the top left",
-    "a blue square in the center",
-    "a green triangle at the bottom",
-    "a yellow circle in the top right and a purple square at the bottom",
-    "the digit 3",
-    "the digit 7",
-]
 
 
 def _unified_args(p: argparse.ArgumentParser) -> None:
@@ -358,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--given", help="video: continue the first frames of this video file, or this image as the "
                                      "first frame (image-to-video); prompts are optional then")
     gen.add_argument("--given-segments", type=int, default=1, help="frames of --given to continue from (default 1)")
+    gen.add_argument("--gif", action="store_true", help="video: also write a GIF beside each mp4")
     gen.add_argument("--previews", action="store_true", help="also write OUT_scales.png: every scale, coarse to fine")
     gen.add_argument("--cfg", type=float, default=None,
                      help="classifier-free guidance scale (default: the model's own, default_cfg in its config.json)")
@@ -368,15 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=cmd_generate)
 
-    cap = sub.add_parser("caption", help="image -> caption", description="Caption images with a unified model.")
+    cap = sub.add_parser("caption", help="image or video -> caption",
+                         description="Caption images, or describe what happens in videos, with a unified model.")
     _unified_args(cap)
-    cap.add_argument("images", nargs="+", help="image files (resized to the model's image size)")
+    cap.add_argument("files", nargs="+", help="image files, or video files (.mp4, .gif, ...); fitted to the model")
+    cap.add_argument("--frames", type=int, default=None, help="videos: frames sampled evenly (default: every frame)")
     cap.add_argument("--max-new-tokens", type=int, default=32)
     cap.set_defaults(func=cmd_caption)
 
     ask = sub.add_parser("ask", help="image + question -> answer", description="Ask a question about an image.")
     _unified_args(ask)
-    ask.add_argument("--image", required=True)
+    ask.add_argument("--image", required=True, help="an image file, or a video file")
+    ask.add_argument("--frames", type=int, default=None, help="videos: frames sampled evenly (default: every frame)")
     ask.add_argument("--question", required=True)
     ask.add_argument("--max-new-tokens", type=int, default=16)
     ask.set_defaults(func=cmd_ask)
@@ -388,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", action="append", help="replace the built-in prompts")
     demo.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's default_cfg)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--frames", type=int, default=4, help="frames of each demo clip (video models; default 4)")
     demo.set_defaults(func=cmd_demo)
 
     ev = sub.add_parser("eval", help="prompt adherence, caption/QA accuracy, digits, speed",

@@ -85,9 +85,13 @@ def test_fit_frames_crops_or_stretches():
 
 
 def test_gif_and_atomic_writes(tmp_path):
-    path = write_video(tmp_path / "a.gif", torch.rand(5, 3, 16, 16), fps=5)
+    frames = torch.rand(5, 3, 16, 16)
+    path = write_video(tmp_path / "a.gif", frames, fps=5)
     with Image.open(path) as im:
         assert im.n_frames == 5
+    reader = open_video(path)  # GIFs are read through Pillow, every frame
+    assert (reader.backend, reader.num_frames, reader.size, reader.fps) == ("pillow", 5, (16, 16), 5.0)
+    assert reader.frames([4, 0]).shape == (2, 16, 16, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif"]  # no temporary file left
     with pytest.raises(ValueError, match="NaN"):
         write_video(tmp_path / "b.mp4", torch.full((2, 3, 16, 16), float("nan")))

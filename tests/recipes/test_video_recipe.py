@@ -82,3 +82,39 @@ def test_cli_writes_and_continues_video(trained, tmp_path):
     assert (tmp_path / "more.gif").is_file()
     assert main(["generate", "--model", model, "--modality", "video", "--segments", "2", "--given",
                  str(tmp_path / "start.mp4"), "--given-segments", "2", "--out", str(tmp_path / "x.mp4")]) == 2
+
+
+def test_cli_describes_clips_and_the_demo_shows_them(trained, tmp_path, capsys):
+    from modalities import write_video
+    from recipes.cli import main
+    from recipes.data.moving_shapes import MovingShapesWorld
+
+    model = str(trained[0] / "final")
+    clip = write_video(tmp_path / "clip.mp4", MovingShapesWorld().sample(2)["frames"])
+    assert main(["caption", "--model", model, "--frames", "4", str(clip)]) == 0
+    assert capsys.readouterr().out.startswith(f"{clip}\t")
+    assert main(["ask", "--model", model, "--image", str(clip), "--frames", "4", "--question",
+                 "how many objects are there?"]) == 0
+    assert main(["generate", "--model", model, "--modality", "video", "--segments", "3", "--gif", "--quiet",
+                 "--prompt", "a red circle moving left", "--out", str(tmp_path / "g.mp4")]) == 0
+    assert (tmp_path / "g.mp4").is_file() and (tmp_path / "g.gif").is_file()
+    assert main(["demo", "--model", model, "--out", str(tmp_path / "demo"), "--frames", "3"]) == 0
+    page = (tmp_path / "demo" / "index.html").read_text()
+    assert page.count("<img src='clip") == 4 and "the model's description" in page
+    assert main(["caption", "--model", model, str(clip), str(tmp_path / "g.gif"), "--frames", "2"]) == 0
+
+
+def test_the_cli_reads_images_as_training_does(tmp_path):
+    """A transparent PNG is composited onto white and a wide photo center-cropped, as in training."""
+    from PIL import Image
+
+    from recipes.data.decode import DecodeSettings, decode_image
+    from recipes.media import read_images
+
+    rgba = Image.new("RGBA", (40, 20), (255, 0, 0, 0))
+    rgba.paste((0, 0, 255, 255), (10, 0, 30, 20))
+    rgba.save(tmp_path / "a.png")
+    (got,) = read_images([tmp_path / "a.png"], (16, 16))
+    want = decode_image("a", (tmp_path / "a.png").read_bytes(), "png", DecodeSettings((16, 16)))
+    assert got.tobytes() == want.tobytes() and got.size == (16, 16)
+    assert got.getpixel((8, 8))[2] > 200 and got.getpixel((0, 8)) != (0, 0, 0)  # blue centre, no black

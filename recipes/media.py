@@ -1,0 +1,111 @@
+"""The files the command line reads and writes, by modality. Files are read as training reads them
+(`recipes.data.decode`: EXIF orientation, alpha onto white, 16-bit greys, aspect kept by a center crop;
+videos through decord), and written atomically where a partial file could be mistaken for a result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
+
+
+def read_images(paths: Sequence[str | Path], size: tuple[int, int]) -> list:
+    """PIL RGB images of `size` (H, W), decoded as the training data path decodes them."""
+    from .data.decode import BadSample, DecodeSettings, decode_image
+
+    images = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise FileNotFoundError(f"image {p} does not exist")
+        try:
+            images.append(decode_image(str(p), p.read_bytes(), p.suffix.lstrip(".").lower() or "png",
+                                       DecodeSettings(tuple(size))))
+        except BadSample as e:
+            raise ValueError(f"cannot read image {p}: {e.reason}") from None
+    return images
+
+
+def read_clip(path: str | Path, size: tuple[int, int], frames: int | None = None, first: bool = False
+              ) -> torch.Tensor:
+    """uint8 frames [T, H, W, 3] of a video file (or one frame of an image file): `frames` sampled evenly,
+    or with `first` the first `frames` ones."""
+    from modalities import read_video
+
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        return torch.from_numpy(np.stack([np.asarray(im) for im in read_images([path], size)]))
+    return read_video(path, frames, stride=1 if first and frames else None, size=size)
+
+
+def modality_of(path: str | Path) -> str:
+    return "video" if Path(path).suffix.lower() in VIDEO_SUFFIXES else "image"
+
+
+def _numbered(out: Path, count: int) -> list[Path]:
+    return [out] if count == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(count)]
+
+
+def _prompts_file(out: Path, prompts: list[str]) -> None:
+    if len(prompts) > 1:
+        out.with_name(f"{out.stem}_prompts.txt").write_text("\n".join(prompts) + "\n")
+
+
+def save_images(images: torch.Tensor, out: Path, prompts: list[str]) -> list[Path]:
+    """Images [B, 3, H, W] in [0, 1] as PNGs: OUT, or OUT_000.png, ... (and OUT_prompts.txt) for several."""
+    from modalities import ImageCodec
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = _numbered(out, len(images))
+    for img, path in zip(ImageCodec.to_pil(images), paths, strict=True):
+        img.save(path)
+    _prompts_file(out, prompts)
+    return paths
+
+
+def write_image_items(items: torch.Tensor, out: Path, prompts: list[str], gif: bool = False) -> list[Path]:
+    """Image items [B, N, 3, H, W]: one PNG per image, OUT_sJJ for segment J of items of several."""
+    B, N = items.shape[:2]
+    if N == 1:
+        return save_images(items[:, 0], out, prompts)
+    return [p for j in range(N)
+            for p in save_images(items[:, j], out.with_name(f"{out.stem}_s{j:02d}{out.suffix}"), prompts)]
+
+
+def write_video_items(items: torch.Tensor, out: Path, prompts: list[str], gif: bool = False,
+                      fps: float = 8.0) -> list[Path]:
+    """Clips [B, T, 3, H, W] in [0, 1]: OUT (.mp4, H.264, or .gif), or OUT_000.mp4, ... for several; with
+    `gif` an mp4 also gets a GIF beside it (for pages and chats that show GIFs inline)."""
+    from modalities import write_video
+
+    if out.suffix.lower() not in (".mp4", ".gif"):
+        raise ValueError(f"--out {out}: a video is written as .mp4 or .gif")
+    paths = _numbered(out, len(items))
+    for clip, path in zip(items, paths, strict=True):
+        write_video(path, clip, fps=fps)
+        if gif and path.suffix.lower() == ".mp4":
+            write_video(path.with_suffix(".gif"), clip, fps=fps)
+    _prompts_file(out, prompts)
+    return paths
+
+
+# modality -> writer(items [B, N, ...] as the codec decodes them, OUT path, prompts, gif) -> written paths;
+# a modality the recipes can write (audio files) is one more entry
+WRITERS: dict[str, Callable[..., list[Path]]] = {"image": write_image_items, "video": write_video_items}
+DEFAULT_OUT = {"image": "image.png", "video": "video.mp4"}
+
+
+def given_frames(codec, path: str | Path, count: int, segments: int):
+    """The first `count` frames of a video file, or an image file as the first frame (image-to-video), as
+    the tokens of one item (a row per frame)."""
+    from modalities import VideoCodec
+
+    if not isinstance(codec, VideoCodec):
+        raise ValueError(f"given frames continue video; this codec is a {type(codec).__name__}")
+    frames = read_clip(path, codec.frame_size, count, first=True)
+    if len(frames) >= segments:
+        raise ValueError(f"{len(frames)} frames given and --segments {segments}: nothing left to write")
+    return codec.encode_items([frames])[0]
