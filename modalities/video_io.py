@@ -1,8 +1,9 @@
 """Reading and writing video files.
 
 Reading goes through decord (the design card's choice) or, where decord cannot be installed (it has no
-aarch64 or macOS-arm wheel, and its last release is from 2021), torchcodec, PyTorch's own decoder, with
-exact frame seeking; animated GIFs through Pillow. All sit behind one interface:
+aarch64 or macOS-arm wheel, and its last release is from 2021), torchcodec (PyTorch's own decoder, exact
+frame seeking; its wheels need the matching torch build) or PyAV (FFmpeg in a wheel for every platform);
+animated GIFs through Pillow. All sit behind one interface:
 
     reader = open_video("clip.mp4")                   # backend="auto" | "decord" | "torchcodec"
     reader.num_frames, reader.fps, reader.size        # size = (H, W)
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("decord", "torchcodec")
+BACKENDS = ("decord", "torchcodec", "pyav")  # in order of preference
 
 
 class VideoReadError(ValueError):
@@ -133,6 +134,55 @@ class _TorchcodecReader(VideoReader):
         return self._dec.get_frames_at(indices).data.numpy()
 
 
+class _PyAVReader(VideoReader):
+    """PyAV (FFmpeg's libraries in a wheel for every platform). Frames are decoded in order from the
+    start up to the last one asked for, so every index is exact, whatever the container's seek index."""
+
+    backend = "pyav"
+
+    def __init__(self, source, name):
+        super().__init__(source, name)
+        import av
+
+        self._av = av
+        with self._open() as container:
+            stream = container.streams.video[0]
+            self._fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+            self._size = (int(stream.codec_context.height), int(stream.codec_context.width))
+            count = int(stream.frames or 0)
+            if count == 0:  # no frame count in the container: count by decoding
+                count = sum(1 for _ in container.decode(stream))
+        self._count = count
+
+    def _open(self):
+        return self._av.open(io.BytesIO(self.source) if isinstance(self.source, bytes) else self.source)
+
+    @property
+    def num_frames(self) -> int:
+        return self._count
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self._size
+
+    def _frames(self, indices):
+        wanted, last, got = set(indices), max(indices), {}
+        with self._open() as container:
+            for i, frame in enumerate(container.decode(container.streams.video[0])):
+                if i in wanted:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+        missing = [i for i in indices if i not in got]
+        if missing:
+            raise VideoReadError(f"{self.path}: frame {missing[0]} could not be decoded (the stream ends early)")
+        return np.stack([got[i] for i in indices])
+
+
 class _GifReader(VideoReader):
     """Animated GIFs through Pillow (decord cannot measure their duration); every frame is kept."""
 
@@ -163,7 +213,7 @@ class _GifReader(VideoReader):
         return self._data[indices]
 
 
-_READERS = {"decord": _DecordReader, "torchcodec": _TorchcodecReader}
+_READERS = {"decord": _DecordReader, "torchcodec": _TorchcodecReader, "pyav": _PyAVReader}
 
 
 def _is_gif(source: str | bytes) -> bool:
@@ -176,9 +226,10 @@ def _is_gif(source: str | bytes) -> bool:
 def available_backends() -> list[str]:
     """The reading backends that import here, in order of preference."""
     out = []
+    modules = {"decord": "decord", "torchcodec": "torchcodec.decoders", "pyav": "av"}
     for name in BACKENDS:
         try:
-            __import__("decord" if name == "decord" else "torchcodec.decoders")
+            __import__(modules[name])
             out.append(name)
         except Exception:  # not installed, or its native library does not load here
             pass
@@ -204,7 +255,7 @@ def open_video(source: str | os.PathLike | bytes, backend: str = "auto", name: s
             raise VideoReadError(f"{name}: not a readable GIF ({type(e).__name__}: {_first_line(e)})") from e
     names = available_backends() if backend == "auto" else [backend]
     if not names:
-        raise RuntimeError("no video reader is installed: pip install decord (x86_64 Linux/Windows) or torchcodec")
+        raise RuntimeError("no video reader is installed: pip install decord (x86_64 Linux/Windows), av or torchcodec")
     try:
         return _READERS[names[0]](source, name)
     except VideoReadError:
