@@ -17,7 +17,8 @@ from .text import (
     specials_for,
 )
 from .video import VideoCodec
-from .video_io import VideoReader, VideoReadError, open_video, read_video, sample_indices, write_video
+from .video_io import VideoReader, VideoReadError, open_video, read_video, sample_indices
+from .video_write import write_video
 
 __all__ = [
     "AUDIO_SPECIALS",
