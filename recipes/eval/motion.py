@@ -92,15 +92,24 @@ def caption_matches(caption: str, objects: Sequence[dict]) -> bool:
     return sorted((o["colour"], o["shape"], o["direction"]) for o in said) == key
 
 
-def track_error(frames, objects: Sequence[dict], start: int = 0) -> float:
-    """Mean distance (pixels) between the tracked centroids and the true box centres over frames
-    start.. (continuation: the frames the model wrote); an object lost in a frame costs the frame's side."""
+def track_errors(frames, objects: Sequence[dict], start: int = 0) -> list[float]:
+    """Per frame from `start` on (continuation: the frames the model wrote), the mean distance (pixels)
+    between the objects' tracked centroids and their true box centres; an object lost in a frame costs
+    the frame's side."""
     frames = as_frames(frames)[start:]
     paths = tracks(objects, [detect(f) for f in frames])
     side = frames[0].shape[1]
-    errors = []
-    for o, path in zip(objects, paths, strict=True):
-        for t, p in enumerate(path, start=start):
-            x0, y0, x1, y1 = o["boxes"][t]
+    per_frame = []
+    for t in range(len(frames)):
+        errors = []
+        for o, path in zip(objects, paths, strict=True):
+            x0, y0, x1, y1 = o["boxes"][start + t]
+            p = path[t]
             errors.append(side if p is None else float(np.hypot(p[0] - (x0 + x1) / 2, p[1] - (y0 + y1) / 2)))
-    return float(np.mean(errors))
+        per_frame.append(float(np.mean(errors)))
+    return per_frame
+
+
+def track_error(frames, objects: Sequence[dict], start: int = 0) -> float:
+    """`track_errors` averaged over the frames."""
+    return float(np.mean(track_errors(frames, objects, start)))

@@ -6,9 +6,10 @@ image-to-video on Moving Shapes World clips of the evaluation split, judged by `
   moves the asked way over the first half), overall (all of them);
 - caption: the model's caption of the true clip names exactly its objects and their directions;
 - continuation: the first 2 true frames given, no prompt; the written frames' tracked centroids against
-  the truth (mean pixel error) and the direction judged over the whole clip;
+  the truth (pixel error, mean and per written frame) and the direction judged over the whole clip;
 - i2v: the first true frame given with the caption; adherence and direction as for t2v;
-- speed: clips/s of text-to-video and captions/s of video captioning.
+- speed: frames/s and clips/s of text-to-video, captions/s of video captioning, and the autoregressive
+  steps a frame takes (one per scale, plus one to read the frame whole for the next).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from .evaluate import EvalContext, _batches, register_suite, split_start
-from .motion import caption_matches, judge_clip, track_error
+from .motion import caption_matches, judge_clip, track_errors
 
 GIVEN_FRAMES = 2
 
@@ -43,8 +44,9 @@ def _table(results: dict, which: str) -> list[tuple[str, object]]:
         ("Moving Shapes continuation (2 frames given): direction | track error px",
          f"{c['direction']:.3f} | {c['track_error_px']:.2f}"),
         ("Moving Shapes image-to-video: overall | direction", f"{i['overall']:.3f} | {i['direction']:.3f}"),
-        ("Video speed, clips/s | captions/s",
-         f"{results['video_speed']['clips_per_s']:.2f} | {results['video_speed']['captions_per_s']:.1f}"),
+        ("Video speed, frames/s | clips/s | captions/s (autoregressive steps a frame)",
+         f"{results['video_speed']['frames_per_s']:.1f} | {results['video_speed']['clips_per_s']:.2f} | "
+         f"{results['video_speed']['captions_per_s']:.1f} ({results['video_speed']['ar_steps_per_frame']})"),
     ]
 
 
@@ -79,8 +81,9 @@ def moving_shapes_suite(model, ctx: EvalContext) -> dict:
         given = codec.encode_items([torch.from_numpy(s["frames"][:GIVEN_FRAMES]) for s in b])
         for s, v in zip(b, model.generate(None, given=given, seed=ctx.seed + 500 + i, **kw).cpu(), strict=True):
             rows.append(judge_clip(_asked(s["objects"]), v))
-            errors.append(track_error(v, s["objects"], start=GIVEN_FRAMES))
+            errors.append(track_errors(v, s["objects"], start=GIVEN_FRAMES))
     out["moving_continuation"] = {"direction": _mean(rows)["direction"], "track_error_px": float(np.mean(errors)),
+                                  "track_error_px_per_frame": np.mean(errors, axis=0).round(3).tolist(),
                                   "given_frames": GIVEN_FRAMES, "n": len(rows)}
 
     rows = []
@@ -90,7 +93,10 @@ def moving_shapes_suite(model, ctx: EvalContext) -> dict:
         rows += [judge_clip(_asked(s["objects"]), v) for s, v in zip(b, videos, strict=True)]
     out["moving_i2v"] = _mean(rows)
 
-    out["video_speed"] = {"clips_per_s": len(clips) / t_clips, "captions_per_s": len(clips) / t_captions,
+    # one frame takes a step per scale, then one more to read it whole (for the next frame)
+    steps = codec.num_scales + 1
+    out["video_speed"] = {"clips_per_s": len(clips) / t_clips, "frames_per_s": len(clips) * ctx.video_frames / t_clips,
+                          "captions_per_s": len(clips) / t_captions, "ar_steps_per_frame": steps,
                           "frames": ctx.video_frames, "batch_size": ctx.batch_size, "device": str(model.device)}
     ctx.examples += [{"prompt": s["caption"], "score": judge_clip(_asked(s["objects"]), v)}
                      for s, v in zip(clips[:3], generated[:3], strict=True)]
