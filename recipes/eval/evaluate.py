@@ -333,4 +333,8 @@ def main(argv: list[str] | None = None) -> int:
 from . import video_suite  # noqa: E402,F401  (registers the "moving_shapes" suite)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module's main, whose registry the suites above registered into (under -m this file
+    # is also `__main__`, a second copy with its own registry)
+    from recipes.eval.evaluate import main as registered_main
+
+    sys.exit(registered_main())

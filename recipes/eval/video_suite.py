@@ -1,5 +1,6 @@
 """The "moving_shapes" evaluation suite: text-to-video, video captioning, frame continuation and
-image-to-video on Moving Shapes World clips of the evaluation split, judged by `recipes.eval.motion`.
+image-to-video on Moving Shapes World clips of the evaluation split (8-frame clips, `video_frames` of
+their frames taken evenly, as in training), judged by `recipes.eval.motion`.
 
 - t2v: for each clip's caption, a clip of `video_frames` frames; per-frame adherence (the detector
   finds exactly the asked objects), identity (every object in every frame), direction (each object
@@ -19,10 +20,18 @@ import time
 import numpy as np
 import torch
 
+from modalities import sample_indices
+
 from .evaluate import EvalContext, _batches, register_suite, split_start
 from .motion import caption_matches, judge_clip, track_errors
 
 GIVEN_FRAMES = 2
+CLIP_FRAMES = 8  # the world's clip length (the shards' and the recipe's); `video_frames` of them are used
+
+
+def _subsample(sample: dict, keep: list[int]) -> dict:
+    objects = [{**o, "boxes": [o["boxes"][i] for i in keep]} for o in sample["objects"]]
+    return {**sample, "frames": sample["frames"][keep], "objects": objects}
 
 
 def _asked(objects: list[dict]) -> list[dict]:
@@ -55,9 +64,11 @@ def moving_shapes_suite(model, ctx: EvalContext) -> dict:
     from recipes.data.moving_shapes import MovingShapesWorld
 
     codec = model.codecs["video"]
-    world = MovingShapesWorld(seed=0, image_size=codec.frame_size[0], num_frames=ctx.video_frames)
+    world = MovingShapesWorld(seed=0, image_size=codec.frame_size[0], num_frames=CLIP_FRAMES)
     start = split_start(ctx.split)
-    clips = [world.sample(start + i, ctx.split) for i in range(ctx.n)]
+    # the world's clips, with `video_frames` of their frames taken evenly, as the training data path does
+    keep = sample_indices(CLIP_FRAMES, 8.0, ctx.video_frames)
+    clips = [_subsample(world.sample(start + i, ctx.split), keep) for i in range(ctx.n)]
     kw = dict(modality="video", segments=ctx.video_frames, cfg=ctx.cfg, top_k=ctx.top_k)
     out: dict = {}
 

@@ -118,3 +118,14 @@ def test_the_cli_reads_images_as_training_does(tmp_path):
     want = decode_image("a", (tmp_path / "a.png").read_bytes(), "png", DecodeSettings((16, 16)))
     assert got.tobytes() == want.tobytes() and got.size == (16, 16)
     assert got.getpixel((8, 8))[2] > 200 and got.getpixel((0, 8)) != (0, 0, 0)  # blue centre, no black
+
+
+def test_the_shipped_video_model_loads_and_runs():
+    from unified import UnifiedModel
+
+    folder = Path(__file__).resolve().parents[2] / "recipes" / "pretrained" / "moving_shapes"
+    model = UnifiedModel.from_pretrained(folder)
+    assert set(model.codecs) == {"video"} and model.config.head("video").default_cfg == 2.5
+    clips = model.generate(["a red circle moving right"], modality="video", segments=2, seed=0)
+    assert clips.shape == (1, 2, 3, 32, 32) and torch.isfinite(clips).all()
+    assert isinstance(model.describe([(clips[0] * 255).byte().permute(0, 2, 3, 1)], modality="video")[0], str)
