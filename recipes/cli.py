@@ -26,7 +26,18 @@ from pathlib import Path
 import torch
 
 from .eval.evaluate import add_arguments as add_eval_arguments
-from .media import DEFAULT_OUT, WRITERS, given_frames, modality_of, read_clip, read_images, save_images
+from .media import (
+    DEFAULT_OUT,
+    WRITERS,
+    check_writable,
+    given_frames,
+    modality_of,
+    output_paths,
+    read_clip,
+    read_images,
+    save_images,
+    write_prompts,
+)
 
 EXIT_BAD_INPUT = 2
 
@@ -44,6 +55,7 @@ def cmd_t2i(args: argparse.Namespace) -> int:
         prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError("give at least one --prompt or a --prompts-file")
+    check_writable(Path(args.out))  # before any compute
     device = torch.device(args.device)
     if args.debug_model:
         from hart_core.debug import debug_pipeline
@@ -66,7 +78,9 @@ def cmd_t2i(args: argparse.Namespace) -> int:
         prompts, cfg=args.cfg, seed=args.seed, top_k=args.top_k, top_p=args.top_p,
         more_smooth=args.more_smooth, batch_size=args.batch_size, progress=not args.quiet,
     )
-    for path in save_images(images, Path(args.out), prompts):
+    paths = output_paths(Path(args.out), len(prompts))
+    write_prompts(Path(args.out), prompts)
+    for path in save_images(images, paths):
         print(path)
     return 0
 
@@ -98,12 +112,12 @@ def _load_unified(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from modalities import ImageCodec
-
     if args.modality not in WRITERS:
         raise ValueError(f"no writer for {args.modality!r} items in recipes (it writes: {', '.join(WRITERS)})")
     if args.segments < 1:
         raise ValueError(f"--segments must be at least 1, got {args.segments}")
+    out = Path(args.out or DEFAULT_OUT.get(args.modality, f"{args.modality}.out"))
+    check_writable(out)  # before any compute
     model = _load_unified(args)
     model.config.head(args.modality)  # a clear error when the model has no such modality
     prompts = list(args.prompt or [])
@@ -117,11 +131,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"empty prompt: describe the {args.modality}")
     if args.previews and args.modality != "image":
         raise ValueError("--previews writes images: only for --modality image")
-    out = Path(args.out or DEFAULT_OUT.get(args.modality, f"{args.modality}.out"))
     from tqdm.auto import tqdm
 
-    out_items, strips = [], []
     rows: list[str | None] = list(prompts) or [None]  # None: continue the given frames without a prompt
+    paths = output_paths(out, len(rows))
+    write_prompts(out, prompts)
     for start in tqdm(range(0, len(rows), args.batch_size), desc="generating", disable=args.quiet):
         batch = rows[start : start + args.batch_size]
         steps: list[torch.Tensor] = []
@@ -129,14 +143,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         items = model.generate(None if batch == [None] else batch, modality=args.modality, segments=args.segments,
                                given=None if given is None else [given] * len(batch), cfg=args.cfg,
                                seed=args.seed + start, top_k=args.top_k, callback=callback)
-        out_items.append((items[:, None] if args.segments == 1 else items).cpu())
+        # each batch is written as soon as it is made: a crash later loses nothing written so far
+        written = WRITERS[args.modality]((items[:, None] if args.segments == 1 else items).cpu(),
+                                         paths[start : start + len(batch)], gif=args.gif)
         if args.previews:  # one strip per prompt: scale 1 .. K (of every segment), coarse to fine
-            strips += [torch.cat([s[i] for s in steps], dim=2) for i in range(len(batch))]
-    paths = WRITERS[args.modality](torch.cat(out_items), out, prompts or [""], gif=args.gif)
-    for path, strip in zip(paths, strips, strict=False):
-        ImageCodec.to_pil(strip[None])[0].save(path.with_name(f"{path.stem}_scales.png"))
-    for p in paths:
-        print(p)
+            strips = [torch.cat([s[i] for s in steps], dim=2) for i in range(len(batch))]
+            mine = paths[start : start + len(batch)]
+            save_images(torch.stack(strips), [p.with_name(f"{p.stem}_scales.png") for p in mine])
+        for p in written:
+            print(p)
     return 0
 
 

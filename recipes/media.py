@@ -4,6 +4,8 @@ videos through decord), and written atomically where a partial file could be mis
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -45,55 +47,79 @@ def modality_of(path: str | Path) -> str:
     return "video" if Path(path).suffix.lower() in VIDEO_SUFFIXES else "image"
 
 
-def _numbered(out: Path, count: int) -> list[Path]:
+def output_paths(out: Path, count: int) -> list[Path]:
+    """OUT for one output, OUT_000.EXT, OUT_001.EXT, ... for several."""
     return [out] if count == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(count)]
 
 
-def _prompts_file(out: Path, prompts: list[str]) -> None:
+def check_writable(out: Path) -> None:
+    """Fail before any compute when OUT's folder cannot be created or written (read-only, no space left)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.probe"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to {out.parent}: {e.strerror or e}") from None
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` to a temporary file beside `path`, then rename it over `path`: a failure (a full disk)
+    leaves no half-written file under the final name, and is one line (ValueError)."""
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_prompts(out: Path, prompts: list[str]) -> None:
     if len(prompts) > 1:
-        out.with_name(f"{out.stem}_prompts.txt").write_text("\n".join(prompts) + "\n")
+        atomic_write(out.with_name(f"{out.stem}_prompts.txt"), lambda p: p.write_text("\n".join(prompts) + "\n"))
 
 
-def save_images(images: torch.Tensor, out: Path, prompts: list[str]) -> list[Path]:
-    """Images [B, 3, H, W] in [0, 1] as PNGs: OUT, or OUT_000.png, ... (and OUT_prompts.txt) for several."""
+def save_images(images: torch.Tensor, paths: list[Path]) -> list[Path]:
+    """Images [B, 3, H, W] in [0, 1] as PNGs at these paths, each written atomically."""
     from modalities import ImageCodec
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = _numbered(out, len(images))
     for img, path in zip(ImageCodec.to_pil(images), paths, strict=True):
-        img.save(path)
-    _prompts_file(out, prompts)
+        atomic_write(path, img.save)
     return paths
 
 
-def write_image_items(items: torch.Tensor, out: Path, prompts: list[str], gif: bool = False) -> list[Path]:
-    """Image items [B, N, 3, H, W]: one PNG per image, OUT_sJJ for segment J of items of several."""
-    B, N = items.shape[:2]
-    if N == 1:
-        return save_images(items[:, 0], out, prompts)
-    return [p for j in range(N)
-            for p in save_images(items[:, j], out.with_name(f"{out.stem}_s{j:02d}{out.suffix}"), prompts)]
+def write_image_items(items: torch.Tensor, paths: list[Path], gif: bool = False) -> list[Path]:
+    """Image items [B, N, 3, H, W] at their paths; an item of several segments is PATH_sJJ.png each."""
+    if items.shape[1] == 1:
+        return save_images(items[:, 0], paths)
+    return [p for j in range(items.shape[1])
+            for p in save_images(items[:, j], [q.with_name(f"{q.stem}_s{j:02d}{q.suffix}") for q in paths])]
 
 
-def write_video_items(items: torch.Tensor, out: Path, prompts: list[str], gif: bool = False,
-                      fps: float = 8.0) -> list[Path]:
-    """Clips [B, T, 3, H, W] in [0, 1]: OUT (.mp4, H.264, or .gif), or OUT_000.mp4, ... for several; with
-    `gif` an mp4 also gets a GIF beside it (for pages and chats that show GIFs inline)."""
+def write_video_items(items: torch.Tensor, paths: list[Path], gif: bool = False, fps: float = 8.0) -> list[Path]:
+    """Clips [B, T, 3, H, W] in [0, 1] at their paths (.mp4, H.264, or .gif); with `gif` an mp4 also gets a
+    GIF beside it (for pages and chats that show GIFs inline). write_video is atomic itself."""
     from modalities import write_video
 
-    if out.suffix.lower() not in (".mp4", ".gif"):
-        raise ValueError(f"--out {out}: a video is written as .mp4 or .gif")
-    paths = _numbered(out, len(items))
+    for path in paths:
+        if path.suffix.lower() not in (".mp4", ".gif"):
+            raise ValueError(f"--out {path}: a video is written as .mp4 or .gif")
     for clip, path in zip(items, paths, strict=True):
-        write_video(path, clip, fps=fps)
-        if gif and path.suffix.lower() == ".mp4":
-            write_video(path.with_suffix(".gif"), clip, fps=fps)
-    _prompts_file(out, prompts)
+        try:
+            write_video(path, clip, fps=fps)
+            if gif and path.suffix.lower() == ".mp4":
+                write_video(path.with_suffix(".gif"), clip, fps=fps)
+        except OSError as e:
+            raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
     return paths
 
 
-# modality -> writer(items [B, N, ...] as the codec decodes them, OUT path, prompts, gif) -> written paths;
-# a modality the recipes can write (audio files) is one more entry
+# modality -> writer(items [b, N, ...] as the codec decodes them, their paths, gif) -> written paths; a
+# modality the recipes can write (audio files) is one more entry
 WRITERS: dict[str, Callable[..., list[Path]]] = {"image": write_image_items, "video": write_video_items}
 DEFAULT_OUT = {"image": "image.png", "video": "video.mp4"}
 

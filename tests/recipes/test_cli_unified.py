@@ -72,6 +72,13 @@ def test_bad_input_is_a_clear_error(tmp_path, model_dir, image_file, capsys):
     assert "config.json" in one_error(capsys)
     assert main(["generate", "--model", str(model_dir), "--prompt", " "]) == 2
     assert "empty prompt" in one_error(capsys)
+    # an output folder that cannot be made fails before any compute, in one line, and writes nothing
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x", "--out", str(blocker / "x.png")]) == 2
+    assert "cannot write to" in one_error(capsys)
+    assert main(["t2i", "--debug-model", "--prompt", "x", "--out", str(blocker / "y.png")]) == 2
+    assert "cannot write to" in one_error(capsys)
 
 
 def test_eval_runs_end_to_end_on_a_32px_model(tmp_path, capsys):
