@@ -55,3 +55,19 @@ def debug_model(modalities: Iterable[str] | Mapping[str, ModalityCodec] = ("imag
         model = UnifiedModel.build(text, codecs, debug_backbone(text.vocab_size, hidden, layers, kind, max_length),
                                    heads=heads, max_length=max_length, **config_kwargs)
     return model.eval()
+
+
+def fit(model: UnifiedModel, examples: list, steps: int, lr: float = 3e-3,
+        generator: torch.Generator | None = None) -> dict:
+    """Train on one fixed batch of `Example`s with AdamW for `steps` steps (tests, notebooks: does the model
+    learn these?); returns the last step's metrics, the model left in eval mode."""
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    out: dict = {}
+    for _ in range(steps):
+        out = model(model.training_batch(examples, generator), generator)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    model.eval()
+    return {k: float(v.detach()) for k, v in out.items()}

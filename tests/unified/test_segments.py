@@ -6,7 +6,7 @@ import torch
 
 from modalities import debug_latent_codec
 from unified import Example, ItemPattern
-from unified.debug import debug_model
+from unified.debug import debug_model, fit
 
 SEGMENTS = 3
 
@@ -111,7 +111,7 @@ def test_learns_a_segment_to_segment_pattern():
     each clip with the right codes at >= 0.9 token accuracy."""
     audio = debug_latent_codec(grids=((1,), (2,), (4,)), dim=8, vocab_size=32, seed=0, name="audio")
     model = debug_model({"image": debug_model().codecs["image"], "audio": audio}, seed=0,
-                        caption_dropout=0.0).train()
+                        caption_dropout=0.0)
     g = torch.Generator().manual_seed(0)
     first = torch.randn(8, audio.latent_dim, 4, generator=g)  # 8 distinct first segments
     clip_latents = torch.stack([first.roll(s, dims=-1) for s in range(SEGMENTS)], dim=1)  # [8, 3, C, 4]
@@ -120,13 +120,7 @@ def test_learns_a_segment_to_segment_pattern():
     examples = [Example("continuation", t, None, modality="audio") for t in clip_tokens]
     examples += [Example("t2i", t, "a red circle") for t in images[:2]]
     examples.append(Example("caption", images[2], "a blue square"))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    for _ in range(300):
-        out = model(model.training_batch(examples, g), g)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-    model.eval()
+    fit(model, examples, 300, lr=3e-3, generator=g)
     given = [t.select(slice(0, 1)) for t in clip_tokens]
     _, written = model.generate(None, modality="audio", segments=SEGMENTS, given=given, cfg=0.0, top_k=1, seed=0,
                                 return_tokens=True)

@@ -6,7 +6,7 @@ import torch
 
 from modalities import VideoCodec, debug_image_codec
 from unified import Example
-from unified.debug import debug_model
+from unified.debug import debug_model, fit
 
 FRAMES, SIZE, SIDE, SPEED = 4, 16, 4, 2
 
@@ -54,19 +54,13 @@ def test_changing_frame_3_leaves_frames_1_and_2_untouched(model):
 def test_a_tiny_model_learns_to_continue_a_moving_object():
     """Squares at 6 starts move right 2 px a frame; trained on the clips (no prompt), the model writes the
     next frame of each from the frames before it with the right codes at >= 0.9 token accuracy."""
-    model = debug_model({"video": VideoCodec(debug_image_codec(0))}, seed=0, caption_dropout=0.0).train()
+    model = debug_model({"video": VideoCodec(debug_image_codec(0))}, seed=0, caption_dropout=0.0)
     codec = model.codecs["video"]
     clips = [moving_square(x0, y0) for x0, y0 in ((0, 2), (2, 2), (4, 9), (1, 6), (3, 11), (5, 4))]
     tokens = codec.encode_items(clips)
     examples = [Example("continuation", t, None, modality="video") for t in tokens]
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(250):
-        out = model(model.training_batch(examples, g), g)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-    model.eval()
+    fit(model, examples, 250, lr=3e-3, generator=g)
     given = [t.select(slice(0, FRAMES - 1)) for t in tokens]
     _, written = model.generate(None, modality="video", segments=FRAMES, given=given, cfg=0.0, top_k=1, seed=0,
                                 return_tokens=True)
