@@ -192,7 +192,8 @@ def write_codec_config(folder: str | os.PathLike, config: dict) -> None:
     (folder / CODEC_CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def read_codec_config(folder: str | os.PathLike) -> dict:
+def read_codec_config(folder: str | os.PathLike, codec_type: str | None = None) -> dict:
+    """A codec folder's codec.json; with `codec_type`, checked to name that type."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such codec folder")
@@ -206,6 +207,8 @@ def read_codec_config(folder: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: invalid JSON ({e})") from e
     if not isinstance(config, dict) or "codec_type" not in config:
         raise ValueError(f"{path}: expected a JSON object with a 'codec_type'")
+    if codec_type is not None and config["codec_type"] != codec_type:
+        raise ValueError(f"{folder}: codec_type {config['codec_type']!r} is not {codec_type!r}")
     return config
 
 

@@ -141,9 +141,7 @@ class ImageCodec(ModalityCodec):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> ImageCodec:
-        config = read_codec_config(folder)
-        if config["codec_type"] != cls.codec_type:
-            raise ValueError(f"{folder}: codec_type {config['codec_type']!r} is not {cls.codec_type!r}")
+        config = read_codec_config(folder, cls.codec_type)
         tokenizer = HARTTokenizer.from_pretrained(Path(folder) / config.get("tokenizer", TOKENIZER_SUBFOLDER))
         return cls(tokenizer).eval()
 

@@ -80,9 +80,8 @@ class LatentCodec(ModalityCodec):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> LatentCodec:
-        config = read_codec_config(folder)
-        if config.pop("codec_type") != cls.codec_type:
-            raise ValueError(f"{folder}: not a {cls.codec_type!r} codec")
+        config = read_codec_config(folder, cls.codec_type)
+        config.pop("codec_type")
         try:
             codec = cls(LatentCodecConfig(**config))
         except TypeError as e:

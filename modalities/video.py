@@ -89,9 +89,7 @@ class VideoCodec(ModalityCodec):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> VideoCodec:
-        config = read_codec_config(folder)
-        if config["codec_type"] != cls.codec_type:
-            raise ValueError(f"{folder}: codec_type {config['codec_type']!r} is not {cls.codec_type!r}")
+        config = read_codec_config(folder, cls.codec_type)
         image = load_codec(Path(folder) / config.get("image", IMAGE_SUBFOLDER))
         if not isinstance(image, ImageCodec):
             raise ValueError(f"{folder}: its image/ folder holds a {type(image).__name__}, not an image codec")
