@@ -18,7 +18,6 @@ from hart_core.scale_loop import ScaleSampling, sample_scales
 
 from .sequence import Part
 from .session import DecodingSession, ItemCursor
-from .templates import get_template
 
 # callback(scale, num_scales, preview): the current segment decoded after each of its scales
 PreviewFn = Callable[[int, int, torch.Tensor], None]
@@ -79,12 +78,10 @@ class GenerationMixin:
         if not k < segments:
             raise ValueError(f"{k} segments given, nothing left to write of {segments}")
         gen = self._generator(seed)
-        template = get_template("text_to_item")
-        rows = [self.row(template.name, None, p or None, modality=modality) for p in prompts]
-        rows += [self.row(template.name, None, None, modality=modality) for _ in prompts]
-        pattern = self.builder.pattern(modality, segments, written=True)
-        if then_text:
-            pattern = self.builder.pattern(modality, segments, written=True, read=True)
+        rows = [self.row("text_to_item", None, p or None, modality=modality) for p in prompts]
+        rows += [self.row("text_to_item", None, None, modality=modality) for _ in prompts]
+        # text written after the item reads its last segment whole too
+        pattern = self.builder.pattern(modality, segments, written=True, read=bool(then_text))
         session = DecodingSession(self, self.builder.build(rows, pad_side="left").to(self.device),
                                   reserve=pattern.length + 1 + then_text, use_cache=use_cache)
         cursor = session.open_item(pattern)

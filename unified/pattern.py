@@ -89,15 +89,6 @@ class ItemPattern:
         self.length, self.num_blocks = start, block
 
     @property
-    def num_scales(self) -> int:
-        return len(self.grids)
-
-    @property
-    def ladder_length(self) -> int:
-        """Positions of one segment's scale groups (what a written segment predicts)."""
-        return sum(math.prod(g) for g in self.grids)
-
-    @property
     def extent(self) -> int:
         """How far positions move past the item: text after it continues at p0 + extent."""
         return max(max(self.grids[-1]), self.segments)
@@ -118,13 +109,6 @@ class ItemPattern:
 
     def group_positions(self, group: Group, p0: float = 0.0) -> torch.Tensor:
         return group_positions(group.grid, self.grids[-1], p0, group.segment)
-
-    @cached_property
-    def relative_positions(self) -> torch.Tensor:
-        """[length, 3] positions of every group with the item at origin 0."""
-        if not self.groups:
-            return torch.zeros(0, 3)
-        return torch.cat([self.group_positions(g) for g in self.groups])
 
     @cached_property
     def relative_blocks(self) -> torch.Tensor:
