@@ -116,7 +116,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"no writer for {args.modality!r} items in recipes (it writes: {', '.join(WRITERS)})")
     if args.segments < 1:
         raise ValueError(f"--segments must be at least 1, got {args.segments}")
-    out = Path(args.out or DEFAULT_OUT.get(args.modality, f"{args.modality}.out"))
+    out = Path(args.out or DEFAULT_OUT[args.modality])
     check_writable(out)  # before any compute
     model = _load_unified(args)
     model.config.head(args.modality)  # a clear error when the model has no such modality

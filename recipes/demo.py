@@ -49,10 +49,11 @@ def image_rows(model, out: Path, prompts: list[str], cfg: float | None, seed: in
 
 def video_rows(model, out: Path, prompts: list[str], cfg: float | None, seed: int, frames: int) -> list[str]:
     from modalities import write_video
+    from modalities.video_write import as_uint8_frames
 
     clips = model.generate(prompts, modality="video", segments=frames, cfg=cfg, seed=seed).cpu()
-    texts = model.describe(list(clips.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2)),
-                           modality="video", max_new_tokens=40)
+    texts = model.describe([torch.from_numpy(as_uint8_frames(c)) for c in clips], modality="video",
+                           max_new_tokens=40)
     rows = []
     for i, (prompt, clip, text) in enumerate(zip(prompts, clips, texts, strict=True)):
         write_video(out / f"clip{i:02d}.gif", _zoom(clip), fps=4)

@@ -29,10 +29,9 @@ MIN_TRAVEL = 2.0  # pixels of net displacement at 32 px below which an object co
 
 def as_frames(frames) -> list[np.ndarray]:
     """uint8 [T, H, W, 3] or float [T, 3, H, W] in [0, 1] (numpy or torch) -> list of uint8 [H, W, 3]."""
-    x = frames.detach().cpu().numpy() if hasattr(frames, "detach") else np.asarray(frames)
-    if x.dtype != np.uint8:
-        x = (np.clip(x, 0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
-    return list(x)
+    from modalities.video_write import as_uint8_frames
+
+    return list(as_uint8_frames(frames))
 
 
 def direction_of(displacement: Sequence[float], min_travel: float = MIN_TRAVEL) -> str:
