@@ -198,7 +198,7 @@ VIDEO_FIELDS = ("mp4", "webm", "mkv", "mov", "avi")
 @register_decoder("video", VIDEO_FIELDS,
                   describe=lambda s: f"{s.image_size[0]}x{s.image_size[1]}:{s.resize}:frames={s.video_frames}")
 def decode_video(key: str, data, field: str, settings: DecodeSettings) -> torch.Tensor:
-    """uint8 frames [T, H, W, 3] of `settings.image_size`, read through decord (or torchcodec); T =
+    """uint8 frames [T, H, W, 3] of `settings.image_size`, read through decord (or PyAV, torchcodec); T =
     `settings.video_frames` sampled evenly, or every frame. A corrupt, truncated or too short file is a
     bad sample; no video reader installed stops the run."""
     from modalities import VideoReadError, read_video
