@@ -1,17 +1,23 @@
 """Reading and writing weights: released HART folders and this project's `save_pretrained` folders.
 
 Loading never executes pickled code: safetensors first, `.bin` files only through
-`torch.load(weights_only=True)`. Saving is atomic (write a temporary folder, then rename).
+`torch.load(weights_only=True)` (`safe_torch_load`, the one place a pickle is read). Loaded weights must
+be finite, and a folder that carries `weights.sha256` (written by `save_folder`) must match it, so a
+damaged file is refused instead of drawing black images. Saving is atomic (write a temporary folder,
+then rename).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -20,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+CHECKSUM_NAME = "weights.sha256"  # `sha256sum -c` format: "<hex>  <file name>" per weights file
 
 
 class CheckpointError(ValueError):
@@ -47,9 +54,14 @@ def check_model_type(folder: str | os.PathLike, model_type: str, hint: str = "")
     return cfg
 
 
-def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+def safe_torch_load(path: str | os.PathLike, allowed: Iterable[type] = (), mmap: bool = False) -> Any:
+    """`torch.load` that can never run pickled code: weights_only=True, plus the few plain classes in
+    `allowed` (rebuilt from their state, never called). A file that would need anything else is a
+    CheckpointError saying so, as is an unreadable one."""
+    path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
@@ -57,13 +69,62 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: refusing to load: the file holds pickled objects other than tensors, and "
             "loading it would execute code. Convert it to safetensors in a trusted environment."
         ) from e
-    except (RuntimeError, OSError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from e
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    obj = safe_torch_load(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors")
     return obj
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """`weights.sha256` beside the files it covers, so that a damaged copy is refused on load."""
+    folder = Path(folder)
+    lines = [f"{file_sha256(folder / n)}  {n}\n" for n in sorted(names)]
+    (folder / CHECKSUM_NAME).write_text("".join(lines))
+
+
+def verify_checksums(folder: str | os.PathLike) -> None:
+    """Check the folder's files against its `weights.sha256`; no such file: nothing to check (the
+    released HART folders carry none)."""
+    folder = Path(folder)
+    path = folder / CHECKSUM_NAME
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        target = (folder / name.strip()).resolve()
+        if not name.strip() or not target.is_relative_to(folder.resolve()):
+            raise CheckpointError(f"{path}: malformed line {line!r}")
+        if not target.is_file():
+            raise CheckpointError(f"{folder}: {name.strip()} is listed in {CHECKSUM_NAME} but missing")
+        if file_sha256(target) != digest.strip().lower():
+            raise CheckpointError(f"{target}: damaged: its SHA-256 does not match {CHECKSUM_NAME} "
+                                  "(copy the model folder again)")
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights with NaN or Inf: they load silently and produce black images or empty captions."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f", ... ({len(bad)} in all)" if len(bad) > 4 else ""
+        raise CheckpointError(f"{source}: non-finite weights (NaN or Inf) in {', '.join(bad[:4])}{more}; "
+                              "the model diverged in training or the file is damaged")
 
 
 def read_weights(folder: str | os.PathLike, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
@@ -72,6 +133,7 @@ def read_weights(folder: str | os.PathLike, prefer_ema: bool = True) -> dict[str
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a directory")
+    verify_checksums(folder)
     ema = folder / "ema_model.bin"
     if prefer_ema and ema.is_file():
         return _load_bin(ema)
@@ -95,7 +157,7 @@ def read_weights(folder: str | os.PathLike, prefer_ema: bool = True) -> dict[str
 
 def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """load_state_dict(strict=True) with one readable error listing missing, unexpected and
-    mis-shaped keys."""
+    mis-shaped keys; the parameters must be finite (structural buffers such as masks may hold -inf)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -116,18 +178,23 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str 
         if mismatched:
             parts.append(f"shape mismatches: {show(mismatched)}")
         raise CheckpointError(f"{source} does not fit {type(module).__name__}: " + "; ".join(parts))
+    params = {k for k, _ in module.named_parameters()}
+    check_finite({k: v for k, v in state.items() if k in params}, source)
     module.load_state_dict(state, strict=True)
 
 
 def save_folder(folder: str | os.PathLike, config: dict, state: dict[str, torch.Tensor]) -> None:
-    """Write config.json + model.safetensors atomically: a crash leaves the old folder intact."""
+    """Write config.json + model.safetensors (+ its weights.sha256) atomically: a crash leaves the old
+    folder intact. Non-finite weights are refused, so a diverged model is never saved as a result."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        check_finite(tensors, str(folder))
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        write_checksums(tmp, [WEIGHTS_NAME])
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             if old.exists():

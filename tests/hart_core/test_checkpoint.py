@@ -233,6 +233,9 @@ def test_from_pretrained_checks_keys(hart, tmp_path):
     state = load_file(weights)
     state.pop("head.weight")
     save_file(state, weights)
+    with pytest.raises(CheckpointError, match="SHA-256 does not match"):  # rewritten behind its checksum
+        HARTPipeline.from_pretrained(tmp_path / "conv")
+    (weights.parent / checkpoint.CHECKSUM_NAME).unlink()
     with pytest.raises(CheckpointError, match=r"missing keys: head\.weight"):
         HARTPipeline.from_pretrained(tmp_path / "conv")
 
@@ -302,3 +305,61 @@ def test_pipeline_save_failure_keeps_previous(hart, tmp_path, monkeypatch):
     assert {sub: _folder_snapshot(tmp_path / "conv" / sub) for sub in before} == before
     monkeypatch.undo()
     HARTPipeline.from_pretrained(tmp_path / "conv")  # still loadable
+
+
+# -- damaged and non-finite weights (issue 12, item 3) --------------------------------------------
+
+
+def _flip_one_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x10  # inside the last tensor's bytes: the header still parses
+    path.write_bytes(bytes(data))
+
+
+def test_save_folder_writes_a_checksum_that_is_verified(tmp_path):
+    folder = tmp_path / "model"
+    save_folder(folder, {"a": 1}, {"w": torch.arange(4.0)})
+    assert (folder / checkpoint.CHECKSUM_NAME).read_text().endswith("  model.safetensors\n")
+    _flip_one_bit(folder / "model.safetensors")
+    load_file(folder / "model.safetensors")  # the flipped file still parses: only the checksum sees it
+    with pytest.raises(CheckpointError, match="damaged"):
+        read_weights(folder)
+
+
+def test_bit_flipped_model_is_refused(hart, tmp_path):
+    HARTPipeline.from_official(hart).save_pretrained(tmp_path / "conv")
+    HARTTransformer.from_pretrained(tmp_path / "conv" / "transformer")  # intact: loads
+    _flip_one_bit(tmp_path / "conv" / "transformer" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="SHA-256 does not match"):
+        HARTPipeline.from_pretrained(tmp_path / "conv")
+
+
+def test_a_folder_without_checksum_still_loads(hart):
+    assert not (hart / "llm" / checkpoint.CHECKSUM_NAME).exists()  # the released layout carries none
+    HARTTransformer.from_official(hart / "llm")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(hart, bad):
+    state = _llm_state(hart)
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 2)
+    state[name] = torch.full_like(state[name], bad)
+    _rewrite_llm(hart, state)
+    with pytest.raises(CheckpointError, match=f"non-finite weights.*{name}"):
+        HARTTransformer.from_official(hart / "llm")
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    folder = tmp_path / "model"
+    save_folder(folder, {"a": 1}, {"w": torch.arange(4.0)})
+    with pytest.raises(CheckpointError, match="non-finite"):
+        save_folder(folder, {"a": 2}, {"w": torch.tensor([1.0, float("nan")])})
+    assert torch.equal(read_weights(folder)["w"], torch.arange(4.0))
+
+
+def test_shipped_model_folders_carry_checksums():
+    from recipes.cli import DEFAULT_MODEL
+
+    for folder in (DEFAULT_MODEL, DEFAULT_MODEL / "codecs" / "image" / "tokenizer"):
+        checkpoint.verify_checksums(folder)
+        assert (folder / checkpoint.CHECKSUM_NAME).is_file()

@@ -145,7 +145,7 @@ def test_convert(tmp_path, capsys):
     assert main(["convert", "--hart", str(hart), "--out", str(out)]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {out}")
     for sub in ("transformer", "tokenizer"):
-        assert sorted(p.name for p in (out / sub).iterdir()) == ["config.json", "model.safetensors"]
+        assert sorted(p.name for p in (out / sub).iterdir()) == ["config.json", "model.safetensors", "weights.sha256"]
     converted = HARTPipeline.from_pretrained(out)
     official = HARTPipeline.from_official(hart)
     for a, b in ((converted.transformer, official.transformer), (converted.tokenizer, official.tokenizer)):
