@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .quantizer import Grid, MultiScaleResidualQuantizer
-from .sampling import guided_sample, gumbel_softmax, smooth_tau
+from .sampling import Generator, guided_sample, gumbel_softmax, smooth_tau
 
 StepFn = Callable[[int, torch.Tensor | None], torch.Tensor]
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -65,7 +65,7 @@ def sample_scales(
     sampling: ScaleSampling,
     *,
     prefix: Sequence[torch.Tensor] = (),
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     on_scale: ScaleFn | None = None,
     trace: ScaleTrace | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -73,6 +73,7 @@ def sample_scales(
 
     prefix: codes of the first scales (Long [B, n_k] each) used instead of drawn ones; they are drawn
     anyway, so the random stream of the later scales does not depend on how many are given.
+    generator: one torch.Generator, or a RowGenerators (one per item: each item draws what it would alone).
     """
     grids = tuple(tuple(g) for g in grids)
     K, B = len(grids), batch_size

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from hart_core.quantizer import HybridTokens
-from hart_core.sampling import sample_tokens
+from hart_core.sampling import RowGenerators, sample_tokens
 from hart_core.scale_loop import ScaleSampling, sample_scales
 
 from .sequence import Part
@@ -38,7 +38,7 @@ class GenerationMixin:
         cfg: float | None = None,
         top_k: int | None = None,
         top_p: float = 0.0,
-        seed: int | None = 0,
+        seed: int | Sequence[int] | None = 0,
         use_residual: bool = True,
         callback: PreviewFn | None = None,
         return_tokens: bool = False,
@@ -54,6 +54,8 @@ class GenerationMixin:
         prefix: codes of the first scales of the first written segment (Long [B, n_k] each): a coarse
         layout to complete, or the truth when measuring which scales a model gets wrong.
         cfg / top_k: None uses the modality's defaults (its HeadConfig's default_cfg / default_top_k).
+        seed: one seed for the batch, or one per row: then every row draws what it would draw alone with
+        its seed (batching independent requests keeps each one reproducible).
         return_tokens: also return per row a HybridTokens of all its segments (given ones included).
         then_text: after the item, its end special and then up to this many tokens of text the model
         writes about it in the same sequence (greedy), returned last.
@@ -77,7 +79,7 @@ class GenerationMixin:
             raise ValueError("every row must give the same number of segments")
         if not k < segments:
             raise ValueError(f"{k} segments given, nothing left to write of {segments}")
-        gen = self._generator(seed)
+        gen = self._generator(seed, B)
         rows = [self.row("text_to_item", None, p or None, modality=modality) for p in prompts]
         rows += [self.row("text_to_item", None, None, modality=modality) for _ in prompts]
         # text written after the item reads its last segment whole too
@@ -132,7 +134,14 @@ class GenerationMixin:
 
         def residual(hidden: torch.Tensor, codes: torch.Tensor, guidance: float) -> torch.Tensor:
             z = head.diffusion_condition(hidden, codes).flatten(0, 1)
-            drawn["residual"] = head.diffusion.sample(z, cfg=guidance, generator=gen)
+            noise_fn = None
+            if isinstance(gen, RowGenerators):  # z is [stream][row][cell]: each row's cells draw together
+                n = z.shape[0] // (2 * B)
+
+                def noise_fn(shape):
+                    return gen.randn(shape, n, device=z.device, dtype=z.dtype)
+            drawn["residual"] = head.diffusion.sample(z, cfg=guidance, generator=None if noise_fn else gen,
+                                                      noise_fn=noise_fn)
             return drawn["residual"]
 
         on_scale = None
@@ -160,7 +169,7 @@ class GenerationMixin:
     @torch.no_grad()
     def describe(self, items, *, modality: str = "image", question: str | Sequence[str] | None = None,
                  max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 0.0,
-                 seed: int | None = 0, use_cache: bool = True) -> list[str]:
+                 seed: int | Sequence[int] | None = 0, use_cache: bool = True) -> list[str]:
         """Text about each item: its caption, or the answer to `question` (one, or one per item).
 
         items: what the codec's `encode_items` takes (images, clips, ...), a HybridTokens (each row
@@ -184,13 +193,14 @@ class GenerationMixin:
 
     def _write_text(self, rows: list[list[Part]], max_new_tokens, temperature, top_k, top_p, seed,
                     use_cache) -> list[str]:
-        gen = self._generator(seed)
+        gen = self._generator(seed, len(rows))
         session = DecodingSession(self, self.builder.build(rows, pad_side="left").to(self.device),
                                   reserve=max_new_tokens, use_cache=use_cache)
         return self.write_text(session, max_new_tokens, temperature, top_k, top_p, gen)
 
     def write_text(self, session: DecodingSession, max_new_tokens: int, temperature: float = 0.0,
-                   top_k: int = 0, top_p: float = 0.0, generator: torch.Generator | None = None) -> list[str]:
+                   top_k: int = 0, top_p: float = 0.0, generator: torch.Generator | RowGenerators | None = None
+                   ) -> list[str]:
         """Continue every row of a session with text until <eos> (greedy at temperature 0)."""
         B, eos = session.batch_size, self.special("<eos>")
         hidden = session.hidden[:, -1:]
@@ -242,7 +252,11 @@ class GenerationMixin:
         return self.describe(images, modality=modality, question=list(questions), max_new_tokens=max_new_tokens,
                              **kwargs)
 
-    def _generator(self, seed: int | None) -> torch.Generator:
+    def _generator(self, seed: int | Sequence[int] | None, rows: int) -> torch.Generator | RowGenerators:
+        if isinstance(seed, Sequence):
+            if len(seed) != rows:
+                raise ValueError(f"{len(seed)} seeds for {rows} rows")
+            return RowGenerators([self._generator(s, 1) for s in seed])
         gen = torch.Generator(self.device)
         if seed is None:
             gen.seed()
