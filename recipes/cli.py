@@ -11,6 +11,7 @@ Unified model (the shipped default model unless --model DIR):
     hart-unified eval --out eval.json              # prompt adherence, caption/QA accuracy, digits, speed
     hart-unified eval --suite digits               # one evaluation suite (default: all that apply)
     hart-unified train RECIPE [key=value ...]      # the DeepSpeed trainer (see recipes/configs/)
+    hart-unified serve [--host 127.0.0.1] [--port 8000]   # HTTP API + web page (needs the serve extra)
 Released HART weights:
     hart-unified t2i --hart DIR --text-encoder DIR --prompt "a lemur in a red hat" --out lemur.png
     hart-unified t2i --debug-model --prompt "anything" --out noise.png     # tiny random model
@@ -209,6 +210,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.run import serve
+
+    return serve(_load_unified(args), args, Path(args.model).name if args.model else DEFAULT_MODEL.name)
+
+
 def _unified_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="unified model folder (default: the shipped model)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -309,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value overrides")
     train.add_argument("--resume", action="store_true")
     train.set_defaults(func=cmd_train)
+
+    from .serve.run import add_arguments as add_serve_arguments
+
+    srv = sub.add_parser("serve", help="HTTP API and web page over a unified model",
+                         description="Serve a unified model over HTTP: OpenAI-style POST /v1/images/generations, "
+                                     "its streamed variant (each scale's preview), captions and answers about "
+                                     "uploaded images, /health, the web page at / and the OpenAPI page at /docs. "
+                                     "Concurrent requests are batched dynamically.")
+    _unified_args(srv)
+    add_serve_arguments(srv)
+    srv.set_defaults(func=cmd_serve)
 
     conv = sub.add_parser("convert", help="convert a released HART folder to this project's format")
     conv.add_argument("--hart", required=True, help="released HART folder (llm/ + tokenizer/)")
