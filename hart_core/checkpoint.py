@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -54,23 +55,30 @@ def check_model_type(folder: str | os.PathLike, model_type: str, hint: str = "")
     return cfg
 
 
-def safe_torch_load(path: str | os.PathLike, allowed: Iterable[type] = (), mmap: bool = False) -> Any:
+# captured at import: `safe_torch_load` is what a patched `torch.load` forwards to (recipes.checkpoints)
+_torch_load = torch.load
+
+
+def safe_torch_load(path: str | os.PathLike | Any, allowed: Iterable[type] = (), mmap: bool = False,
+                    map_location: Any = "cpu") -> Any:
     """`torch.load` that can never run pickled code: weights_only=True, plus the few plain classes in
     `allowed` (rebuilt from their state, never called). A file that would need anything else is a
-    CheckpointError saying so, as is an unreadable one."""
-    path = Path(path)
+    CheckpointError saying so, as is an unreadable one. `mmap` maps the tensors instead of reading them."""
+    name = str(path) if isinstance(path, (str, os.PathLike)) else repr(path)
+    if mmap and isinstance(path, (str, os.PathLike)) and not zipfile.is_zipfile(path):
+        mmap = False  # only torch.save's zip format maps; a legacy pickle must reach the unpickler to be judged
     try:
         with torch.serialization.safe_globals(list(allowed)):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            return _torch_load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+            raise CheckpointError(f"{name}: not a readable PyTorch checkpoint ({e})") from e
         raise CheckpointError(
-            f"{path}: refusing to load: the file holds pickled objects other than tensors, and "
+            f"{name}: refusing to load: the file holds pickled objects other than tensors, and "
             "loading it would execute code. Convert it to safetensors in a trusted environment."
         ) from e
     except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from e
+        raise CheckpointError(f"{name}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from e
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -90,20 +98,21 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def write_checksums(folder: str | os.PathLike, names: Iterable[str]) -> None:
-    """`weights.sha256` beside the files it covers, so that a damaged copy is refused on load."""
+def write_checksums(folder: str | os.PathLike, names: Iterable[str], checksum_name: str = CHECKSUM_NAME) -> Path:
+    """`weights.sha256` (or `checksum_name`) beside the files it covers, so a damaged copy is refused on load."""
     folder = Path(folder)
     lines = [f"{file_sha256(folder / n)}  {n}\n" for n in sorted(names)]
-    (folder / CHECKSUM_NAME).write_text("".join(lines))
+    (folder / checksum_name).write_text("".join(lines))
+    return folder / checksum_name
 
 
-def verify_checksums(folder: str | os.PathLike) -> None:
-    """Check the folder's files against its `weights.sha256`; no such file: nothing to check (the
-    released HART folders carry none)."""
+def verify_checksums(folder: str | os.PathLike, checksum_name: str = CHECKSUM_NAME) -> bool:
+    """Check the folder's files against its `weights.sha256` (or `checksum_name`); False when there is
+    no such file, so nothing to check (the released HART folders carry none)."""
     folder = Path(folder)
-    path = folder / CHECKSUM_NAME
+    path = folder / checksum_name
     if not path.is_file():
-        return
+        return False
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
@@ -112,10 +121,11 @@ def verify_checksums(folder: str | os.PathLike) -> None:
         if not name.strip() or not target.is_relative_to(folder.resolve()):
             raise CheckpointError(f"{path}: malformed line {line!r}")
         if not target.is_file():
-            raise CheckpointError(f"{folder}: {name.strip()} is listed in {CHECKSUM_NAME} but missing")
+            raise CheckpointError(f"{folder}: {name.strip()} is listed in {checksum_name} but missing")
         if file_sha256(target) != digest.strip().lower():
-            raise CheckpointError(f"{target}: damaged: its SHA-256 does not match {CHECKSUM_NAME} "
-                                  "(copy the model folder again)")
+            raise CheckpointError(f"{target}: damaged: its SHA-256 does not match {checksum_name} "
+                                  "(copy the folder again)")
+    return True
 
 
 def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:

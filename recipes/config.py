@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 disables the EMA copy of the weights
     save_every: int = 50
     keep_checkpoints: int = 2
+    max_nonfinite_steps: int = 3  # stop after this many steps in a row with a NaN/Inf loss (each one skipped)
     log_every: int = 1
     sample_every: int = 0  # write a PNG grid of generated samples every N steps (0: never)
     sample_prompts: list[str] = field(default_factory=list)
@@ -60,6 +62,17 @@ class TrainConfig:
             raise ValueError(f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch}")
         if self.offload_optimizer and self.zero_stage < 2:
             raise ValueError("offload_optimizer needs zero_stage 2 or 3")
+        for name in ("steps", "global_batch", "micro_batch", "save_every", "keep_checkpoints", "log_every",
+                     "max_nonfinite_steps", "image_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "sample_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a whole number >= 0, got {getattr(self, name)!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
 
     @property
     def micro_batches_per_step(self) -> int:

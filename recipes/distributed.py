@@ -56,11 +56,36 @@ def all_sum(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
-def finish(code: int = 0) -> None:
+def any_over_ranks(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on some rank (each rank must call it at the same point)."""
+    return all_sum(1.0 if flag else 0.0, device) > 0
+
+
+def decided_on_rank0(decide):
+    """`decide()` run once, on rank 0, its result (or its ValueError) handed to every rank: a decision
+    that reads shared files (which checkpoint to resume) is made once, and ranks cannot disagree."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return decide()
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", decide())
+        except ValueError as e:
+            box[0] = ("error", e)
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def finish(code: int = 0, wait: bool = True) -> None:
     """End a worker. gloo threads of DeepSpeed's cloned process group can outlive
     destroy_process_group() and abort the process after all work is done ("terminate called without
-    an active exception"); leaving through os._exit after a final barrier avoids that."""
-    barrier()
+    an active exception"); leaving through os._exit after a final barrier avoids that. Without
+    `wait` (an error on this rank alone) the launcher ends the other ranks."""
+    if wait:
+        barrier()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from hart_core.checkpoint import load_checked
+from hart_core.checkpoint import load_checked, safe_torch_load
 
+from .checkpoints import deepspeed_globals, verify, weights_only_loads
 from .config import TrainConfig
 from .tasks import make_task
 
@@ -23,11 +24,12 @@ def consolidated_state(checkpoint: Path, zero_stage: int) -> dict[str, torch.Ten
     """Full fp32 weights from a DeepSpeed checkpoint folder (one tag)."""
     if zero_stage == 0:
         # plain data-parallel: rank 0's model states hold the whole module (tensors and plain types only)
-        states = torch.load(checkpoint / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+        states = safe_torch_load(checkpoint / "mp_rank_00_model_states.pt", deepspeed_globals())
         return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return dict(get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name))
+    with weights_only_loads():  # zero_to_fp32 unpickles with weights_only=False
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name))
 
 
 def ema_state(checkpoint: Path, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -53,6 +55,7 @@ def export(checkpoint: str | Path, out: str | Path, ema: bool = False) -> Path:
     state_file = checkpoint / "trainer_state.json"
     if not state_file.is_file():
         raise FileNotFoundError(f"{checkpoint} is not a complete trainer checkpoint (no trainer_state.json)")
+    verify(checkpoint)  # complete, undamaged, and no pickle in it would run code
     trainer_state = json.loads(state_file.read_text())
     cfg = TrainConfig(**json.loads((run / "recipe.json").read_text()))
     task = make_task(cfg, run / "artifacts")

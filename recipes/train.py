@@ -19,20 +19,20 @@ import argparse
 import json
 import logging
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from . import checkpoints
 from . import distributed as D
 from .config import TrainConfig, load_config
 from .tasks import make_task, trainable
 
 log = logging.getLogger("recipes.train")
 ZERO_CONFIGS = Path(__file__).parent / "configs" / "zero"
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 
 
 def deepspeed_config(cfg: TrainConfig, world: int) -> dict:
@@ -49,6 +49,7 @@ def deepspeed_config(cfg: TrainConfig, world: int) -> dict:
     ds["bf16"] = {"enabled": cfg.precision == "bf16"}
     ds["steps_per_print"] = 10**9
     ds["wall_clock_breakdown"] = False
+    ds["zero_allow_untested_optimizer"] = True  # SkippableAdamW: torch's AdamW, by a name ZeRO does not list
     return ds
 
 
@@ -99,31 +100,23 @@ class EMA:
             self.shadow[i].copy_(state[n])
 
 
-def write_latest(ckpt_root: Path, tag: str) -> None:
-    tmp = ckpt_root / ".latest.tmp"
-    tmp.write_text(tag)
-    os.replace(tmp, ckpt_root / "latest")
+class SkippableAdamW(torch.optim.AdamW):
+    """AdamW whose next step can be skipped, also when DeepSpeed's ZeRO optimizer drives it: a step whose
+    loss was NaN or Inf on any rank must not touch the weights (or Adam's moments)."""
+
+    skip_next = False
+
+    def step(self, closure=None):
+        if self.skip_next:
+            return None
+        return super().step(closure)
 
 
-def save_checkpoint(engine, ema, cfg, step, rank, world, ckpt_root: Path, loader_state: dict) -> None:
-    """DeepSpeed checkpoint under tag step{N}; `latest` is switched only after every rank has written
-    everything, so a crash mid-write leaves the previous checkpoint as the latest usable one."""
-    from safetensors.torch import save_file
-
-    tag = f"step{step:07d}"
-    engine.save_checkpoint(str(ckpt_root), tag=tag, client_state={"step": step, "data": loader_state},
-                           save_latest=False)
-    if ema is not None:
-        save_file(ema.state(), str(ckpt_root / tag / f"ema_rank{rank:03d}.safetensors"))
-    D.barrier()
-    if rank == 0:
-        (ckpt_root / tag / "trainer_state.json").write_text(json.dumps(
-            {"step": step, "zero_stage": cfg.zero_stage, "world_size": world, "ema": ema is not None}))
-        write_latest(ckpt_root, tag)
-        tags = sorted(p.name for p in ckpt_root.glob("step*") if p.is_dir())
-        for old in tags[: -cfg.keep_checkpoints]:
-            shutil.rmtree(ckpt_root / old, ignore_errors=True)
-    D.barrier()
+def weights_finite(engine, stage: int, device: torch.device) -> bool:
+    """Whether every weight on every rank is finite (each rank checks what it holds: its partition under ZeRO-3)."""
+    local = all(bool(torch.isfinite(p.ds_tensor if stage == 3 else p.data).all())
+                for p in engine.module.parameters())
+    return not D.any_over_ranks(not local, device)
 
 
 def peak_memory(device: torch.device) -> dict:
@@ -145,7 +138,28 @@ def first_good(source, image_size: int, modalities: tuple[str, ...] | None = Non
             return [decode_sample(source.raw(i), image_size, modalities=modalities, video_frames=video_frames)]
         except Exception:
             continue
-    raise RuntimeError("no decodable sample in the data")
+    raise ValueError(f"no decodable sample in the data ({len(source)} samples, all bad)")
+
+
+def forget_metrics_after(path: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop their rows, so each step has one."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(r + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def stop_diverged(ckpt_root: Path, rank: int, why: str) -> None:
+    """End every rank (they all reach this together: the decision was all-reduced) with one line; the last
+    good checkpoint stays `latest` and nothing is exported."""
+    if rank == 0:
+        latest = ckpt_root / "latest"
+        kept = f"the last good checkpoint stays latest ({latest.read_text().strip()})" if latest.is_file() else \
+            "no checkpoint was saved"
+        print(f"error: training stopped: {why}; {kept}; nothing exported", file=sys.stderr)
+    D.finish(EXIT_DIVERGED)
 
 
 def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> None:
@@ -165,7 +179,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
 
     source = open_source(cfg.data)
     task = make_task(cfg, artifacts)
-    if rank == 0 and not (resume and (ckpt_root / "latest").is_file()):
+    # which checkpoint to continue from, before anything is built: none (or none usable) is an error
+    resume_from = D.decided_on_rank0(lambda: checkpoints.resume_tag(ckpt_root)) if resume else None
+    first_good(source, cfg.image_size, task.modalities, cfg.video_frames)  # all samples bad: say so now
+    if rank == 0 and not resume:
         def texts():
             for i in range(min(len(source), 10_000)):
                 try:
@@ -179,21 +196,24 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = task.build()
     params = trainable(model)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = SkippableAdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            model_parameters=params, config=deepspeed_config(cfg, world))
     ema = EMA(engine, cfg.ema_decay, cfg.zero_stage) if cfg.ema_decay > 0 else None
 
     start = 0
-    if resume and (ckpt_root / "latest").is_file():
+    if resume_from is not None:
         from safetensors.torch import load_file
 
-        tag = (ckpt_root / "latest").read_text().strip()
-        _, client = engine.load_checkpoint(str(ckpt_root), tag=tag)
+        tag = resume_from
+        with checkpoints.weights_only_loads():
+            _, client = engine.load_checkpoint(str(ckpt_root), tag=tag)
         start = int(client["step"])
         if ema is not None:
             ema.load(load_file(str(ckpt_root / tag / f"ema_rank{rank:03d}.safetensors")))
+        if rank == 0:
+            forget_metrics_after(out / "metrics.jsonl", start)
         log.info("resumed from %s at step %d", tag, start)
 
     caches = {}
@@ -214,12 +234,15 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     bar = tqdm(total=cfg.steps, initial=start, desc=f"{task.name}", disable=rank != 0, dynamic_ncols=True)
     engine.train()
     last_good: list[dict] = []
+    nonfinite_run: list[int] = []  # the steps, in a row, whose loss was NaN or Inf (on some rank)
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         counts: dict[str, float] = {}
         n_samples, n_tokens = 0, 0
-        for j, samples in loader.micro_batches(step, rank, world):
+        mine = loader.micro_batches(step, rank, world)
+        finite = True
+        for i, (j, samples) in enumerate(mine):
             g = micro_generator(cfg.seed, step, j, device)
             weight = 1.0
             if samples:
@@ -228,7 +251,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
                 samples = last_good or first_good(source, cfg.image_size, task.modalities, cfg.video_frames)
                 weight = 0.0
             loss, metrics, tokens = task.loss(engine.module, samples, g)  # metrics: floats, per micro-batch
+            finite = finite and bool(torch.isfinite(loss.detach()))
             engine.backward(loss * weight)
+            if i == len(mine) - 1:  # the optimizer steps at this micro-batch: not on a NaN/Inf loss of any rank
+                optimizer.skip_next = D.any_over_ranks(not finite, device)
             engine.step()
             for k, v in {"loss": float(loss.detach()), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + v * weight
@@ -246,9 +272,12 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         samples_total = D.all_sum(n_samples, device)
         tokens_total = D.all_sum(n_tokens, device)
         bad = D.all_sum(loader.bad_count, device)
+        skipped = optimizer.skip_next
+        optimizer.skip_next = False
+        nonfinite_run = [*nonfinite_run, step + 1] if skipped else []
         if rank == 0:
             stats.update({"step": step + 1, "lr": scheduler.get_last_lr()[0], "samples_per_s": samples_total / dt,
-                          "tokens_per_s": tokens_total / dt, "bad_samples": bad})
+                          "tokens_per_s": tokens_total / dt, "bad_samples": bad, "skipped": int(skipped)})
             metrics_file.write(json.dumps(stats) + "\n")
             metrics_file.flush()
             if (step + 1) % cfg.log_every == 0:
@@ -259,16 +288,27 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
                             tok_s=f"{stats['tokens_per_s']:.0f}", bad=int(bad))
             bar.update(1)
         done = step + 1
+        if skipped:
+            log.warning("step %d: the loss is not finite (%s) on some rank: optimizer step skipped", done,
+                        stats.get("loss") if rank == 0 else "NaN/Inf")
+        if len(nonfinite_run) >= cfg.max_nonfinite_steps:
+            stop_diverged(ckpt_root, rank, f"the loss was NaN or Inf for {len(nonfinite_run)} steps in a row "
+                          f"(steps {nonfinite_run[0]}-{nonfinite_run[-1]}; lower lr or check the data)")
         if cfg.sample_every and done % cfg.sample_every == 0 and cfg.sample_prompts:
             engine.eval()
             task.samples(engine.module, cfg.sample_prompts, out / "samples" / f"step{done:07d}.png", rank == 0)
             engine.train()
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            save_checkpoint(engine, ema, cfg, done, rank, world, ckpt_root, {"position": done * cfg.global_batch})
+        if (done % cfg.save_every == 0 or done == cfg.steps) and not skipped:  # a NaN step saves nothing
+            if not weights_finite(engine, cfg.zero_stage, device):
+                stop_diverged(ckpt_root, rank, f"the weights are NaN or Inf after step {done}")
+            checkpoints.save(engine, ema.state() if ema is not None else None, done, rank, world, cfg.zero_stage,
+                             cfg.keep_checkpoints, ckpt_root, {"position": done * cfg.global_batch})
         if stop_after is not None and done >= stop_after:
             log.warning("stopping after step %d as asked (--stop-after)", done)
             D.finish(0)
     bar.close()
+    if not (ckpt_root / "latest").is_file():  # the last steps were skipped before any save
+        stop_diverged(ckpt_root, rank, "no step could be saved")
     (out / f"memory_rank{rank}.json").write_text(json.dumps(peak_memory(device)))
     if rank == 0:
         metrics_file.close()
@@ -292,10 +332,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.recipe, args.overrides)
-    except (ValueError, FileNotFoundError) as e:
+        train(cfg, resume=args.resume, stop_after=args.stop_after)
+    except (ValueError, FileNotFoundError) as e:  # bad recipe, data or checkpoint: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    train(cfg, resume=args.resume, stop_after=args.stop_after)
+        D.finish(EXIT_BAD_INPUT, wait=False)  # a launcher ends the other ranks when one exits non-zero
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ def item_losses(model: UnifiedModel, modality: str, layouts: list[ItemLayout], h
     train_residual = residual is not None
     if train_residual and model.config.diffusion_token == "sampled":
         probs = logits[:, -n[-1]:].detach().softmax(-1).flatten(0, 1)
+        # diverged logits (NaN/Inf) make the loss non-finite, which the trainer skips; they must not
+        # crash the draw first
+        probs = torch.where(torch.isfinite(probs).all(-1, keepdim=True), probs, torch.ones_like(probs))
         idx = torch.multinomial(probs, 1, generator=generator).view_as(gt_last)
     else:
         idx = gt_last
