@@ -140,7 +140,9 @@ def create_app(model, settings: ServeSettings | None = None, name: str = "model"
         image = model.codecs.get("image")
         return Health(status="ok", model=name, modalities=list(model.codecs),
                       image_size=list(image.image_size) if image is not None else None,
-                      waiting=service.batcher.waiting, auth=settings.token is not None)
+                      waiting=service.batcher.waiting, batches=service.batcher.stats.calls,
+                      rows=service.batcher.stats.rows, busy_s=round(service.batcher.stats.busy_s, 3),
+                      auth=settings.token is not None)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

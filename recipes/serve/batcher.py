@@ -57,6 +57,7 @@ class BatchStats:
     calls: int = 0
     rows: int = 0
     largest: int = 0
+    busy_s: float = 0.0  # time in model calls
 
 
 class Batcher:
@@ -145,7 +146,7 @@ class Batcher:
                 job.future.set_result(result)
 
     def _run(self, batch: list[Job]) -> list[list[Any]]:
-        key, rows = batch[0].key, [r for job in batch for r in job.rows]
+        key, rows, start = batch[0].key, [r for job in batch for r in job.rows], time.perf_counter()
         starts = [0]
         for job in batch:
             starts.append(starts[-1] + len(job.rows))
@@ -158,6 +159,7 @@ class Batcher:
                                           max_new_tokens=key.max_new_tokens)
             else:
                 raise TypeError(f"unknown job key {key!r}")
+        self.stats.busy_s += time.perf_counter() - start
         self.stats.calls += 1
         self.stats.rows += len(rows)
         self.stats.largest = max(self.stats.largest, len(rows))

@@ -61,4 +61,7 @@ class Health(BaseModel):
     modalities: list[str]
     image_size: list[int] | None = Field(description="[H, W] of generated images")
     waiting: int = Field(description="rows waiting for the model")
+    batches: int = Field(description="model calls so far")
+    rows: int = Field(description="rows (images, captions) run so far; rows / batches is the mean batch")
+    busy_s: float = Field(description="seconds spent in model calls so far")
     auth: bool = Field(description="whether /v1 routes need a bearer token")
