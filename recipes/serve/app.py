@@ -103,6 +103,9 @@ class Service:
                                         for i, it in enumerate(items)]), deadline)
 
     async def upload(self, file: UploadFile) -> object:
+        if "image" not in self.model.codecs:
+            raise ServeError(400, f"this model has no image head (it has: {', '.join(self.model.codecs)})",
+                             "unsupported_modality")
         limit = self.settings.max_upload_bytes
         data = await file.read(limit + 1)
         if len(data) > limit:

@@ -244,7 +244,9 @@ def test_full_queue_answers_503_and_timeouts_504(model):
             first = asyncio.ensure_future(post(0))
             assert await asyncio.to_thread(gated.entered.wait, 60)  # the worker holds request 0
             waiting = [asyncio.ensure_future(post(s)) for s in (1, 2)]
-            while app.state.service.batcher.waiting < 2:
+            for _ in range(6000):  # until both wait (bounded, so a bug fails instead of hanging)
+                if app.state.service.batcher.waiting == 2:
+                    break
                 await asyncio.sleep(0.01)
             full = await post(3)
             stream_full = await c.post("/v1/images/generations/stream", json={"prompt": PROMPT})
@@ -267,6 +269,7 @@ def test_full_queue_answers_503_and_timeouts_504(model):
             r = c.post("/v1/images/generations", json={"prompt": PROMPT})  # the gate stays shut: 504
             assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
             gated.gate.set()
+            app.state.service.settings.request_timeout_s = 60  # the next one is not judged by speed
             assert c.post("/v1/images/generations", json={"prompt": PROMPT}).status_code == 200
     finally:
         gated.gate.set()
@@ -279,3 +282,13 @@ def test_serve_command_options():
     assert (s.max_batch, s.max_wait_ms, s.token) == (8, 3.0, "t")
     with pytest.raises(ValueError, match="max_n"):
         ServeSettings(max_batch=4, max_n=8)
+
+
+def test_a_model_without_images_refuses_image_routes():
+    from unified.debug import debug_model
+
+    with TestClient(create_app(debug_model(["audio"]))) as c:
+        assert c.get("/health").json()["image_size"] is None
+        for r in (c.post("/v1/images/generations", json={"prompt": "a rising tone"}),
+                  c.post("/v1/images/captions", files={"file": ("a.png", _real_png(), "image/png")})):
+            assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_modality"
