@@ -65,14 +65,19 @@ def codec_specs(model: Mapping) -> list[CodecSpec]:
 
 def make_codec(spec: CodecSpec, seed: int, image_size: int) -> ModalityCodec:
     """The codec a spec names: "debug" (a tiny random one: the image codec for images and, frame by frame,
-    for video; a latent codec for any other modality), a codec folder, or for images and video a released
-    HART tokenizer folder. Video given an image codec (folder) codes each frame with it."""
+    for video; an 8 kHz audio codec for audio; a latent codec for any other modality), a codec folder, or for
+    images and video a released HART tokenizer folder. Video given an image codec (folder) codes each frame
+    with it."""
     frames = spec.modality in ("image", "video")
     if spec.codec == "debug":
         if frames:
             from modalities import debug_image_codec
 
             codec = debug_image_codec(seed, image_size=image_size)
+        elif spec.modality == "audio":
+            from modalities.audio import debug_audio_codec
+
+            return debug_audio_codec(seed)
         else:
             from modalities import debug_latent_codec
 

@@ -13,7 +13,7 @@ import yaml
 
 @dataclass
 class TrainConfig:
-    task: str = "unified"  # "unified" (text <-> image on one backbone) or "tokenizer" (the HART VQ-VAE)
+    task: str = "unified"  # "unified" (one backbone), "tokenizer" (the HART VQ-VAE) or "audio_codec"
     output_dir: str = "runs/debug"
     seed: int = 0
     steps: int = 100
@@ -37,6 +37,8 @@ class TrainConfig:
     sample_prompts: list[str] = field(default_factory=list)
     image_size: int = 16  # images and video frames
     video_frames: int | None = None  # frames sampled evenly from each video (None: every frame of the file)
+    sample_rate: int | None = None  # audio resampled to this rate (None: the file's own; set it to the codec's)
+    audio_seconds: float | None = None  # audio cut or zero-padded to this length (None: as long as each file)
     token_cache: str | None = None  # folder: pre-tokenise images once with the codec and reuse (unified task)
     data: Any = None  # a data source spec (see recipes.data.open_source)
     model: dict = field(default_factory=dict)  # task-specific model settings
@@ -73,6 +75,11 @@ class TrainConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+
+    @property
+    def decode_options(self) -> dict:
+        """What the data decoders need besides the image size (see recipes.data.decode_sample)."""
+        return {"video_frames": self.video_frames, "sample_rate": self.sample_rate, "audio_seconds": self.audio_seconds}
 
     @property
     def micro_batches_per_step(self) -> int:

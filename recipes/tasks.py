@@ -252,7 +252,9 @@ class TokenizerTask:
 
 
 def make_task(cfg: TrainConfig, artifacts: Path):
-    tasks = {"unified": UnifiedTask, "tokenizer": TokenizerTask}
+    from .audio_codec_task import AudioCodecTask  # it builds on TokenizerTask
+
+    tasks = {"unified": UnifiedTask, "tokenizer": TokenizerTask, "audio_codec": AudioCodecTask}
     if cfg.task not in tasks:
         raise ValueError(f"unknown task {cfg.task!r} (known: {sorted(tasks)})")
     return tasks[cfg.task](cfg, artifacts)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,8 @@ class DecodeSettings:
     image_size: tuple[int, int]  # also the frame size of videos
     resize: str = "center_crop"
     video_frames: int | None = None  # frames sampled evenly from a video (None: every frame)
+    sample_rate: int | None = None  # audio resampled to this rate (None: the file's own)
+    audio_seconds: float | None = None  # audio cut or zero-padded to this length (None: as long as the file)
 
 
 @dataclass(frozen=True)
@@ -135,17 +138,19 @@ def sample_modality(sample: Mapping, modalities: Iterable[str]) -> str | None:
 
 
 def decode_sample(raw: Mapping, image_size: int | tuple[int, int], resize: str = "center_crop",
-                  modalities: Iterable[str] | None = None, video_frames: int | None = None) -> dict:
+                  modalities: Iterable[str] | None = None, video_frames: int | None = None,
+                  sample_rate: int | None = None, audio_seconds: float | None = None) -> dict:
     """Decode one `Source.raw(i)` dict; raises `BadSample` for anything wrong with the sample.
 
     modalities: the items to decode (default: every modality with a registered decoder); the sample
-    needs at least one of them. video_frames: frames sampled evenly from a video (None: all)."""
+    needs at least one of them. video_frames: frames sampled evenly from a video (None: all); sample_rate,
+    audio_seconds: audio resampled to that rate, cut or padded to that length (None: as in the file)."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by some library or script): truncated "
                            "images would decode silently as partly grey; set it back to False")
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-    settings = DecodeSettings(as_size(image_size), resize, video_frames)
+    settings = DecodeSettings(as_size(image_size), resize, video_frames, sample_rate, audio_seconds)
     wanted = registered_modalities() if modalities is None else tuple(modalities)
     key = str(raw.get("__key__", "?"))
     if raw.get("__error__"):
@@ -210,6 +215,22 @@ def decode_video(key: str, data, field: str, settings: DecodeSettings) -> torch.
         raise BadSample(key, str(e)) from None
 
 
+AUDIO_FIELDS = ("wav", "flac", "ogg", "mp3")
+
+
+@register_decoder("audio", AUDIO_FIELDS, describe=lambda s: f"rate={s.sample_rate}:seconds={s.audio_seconds}")
+def decode_audio(key: str, data, field: str, settings: DecodeSettings) -> torch.Tensor:
+    """Mono float32 samples [N] at `settings.sample_rate` (or the file's rate), cut or zero-padded to
+    `settings.audio_seconds` when set, read through torchaudio or soundfile. A corrupt, truncated or empty
+    file is a bad sample."""
+    from modalities.audio_io import AudioReadError, read_audio
+
+    try:
+        return read_audio(bytes(data), settings.sample_rate, settings.audio_seconds, name=f"{key}.{field}")
+    except AudioReadError as e:
+        raise BadSample(key, str(e)) from None
+
+
 def decode_array(key: str, data, field: str, settings: DecodeSettings) -> torch.Tensor:
     """A .npy float array (no pickles) -> float32 tensor, as stored (e.g. a latent [N, C, *G])."""
     try:
@@ -246,8 +267,10 @@ def _decode_image(key: str, data, field: str) -> Image.Image:
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise BadSample(key, f"empty image ({field})")
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()  # decodes everything: raises on truncated or corrupt data
+        with warnings.catch_warnings():  # Pillow only warns up to 2x its pixel limit: a bomb all the same
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()  # decodes everything: raises on truncated or corrupt data
         image = _to_rgb(_exif_transpose(image))
     except BadSample:
         raise

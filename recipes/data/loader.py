@@ -54,7 +54,7 @@ class GlobalBatchLoader:
     def __init__(self, source: Source, global_batch: int, micro_batch: int, seed: int,
                  image_size: int | tuple[int, int], drop_last: bool = True,
                  cache: TokenCache | Mapping[str, TokenCache] | None = None, resize: str = "center_crop",
-                 workers: int = 0, modalities: Iterable[str] | None = None, video_frames: int | None = None):
+                 workers: int = 0, modalities: Iterable[str] | None = None, **decode_options):
         if global_batch <= 0 or micro_batch <= 0:
             raise ValueError(f"global_batch and micro_batch must be positive, got {global_batch}, {micro_batch}")
         if global_batch % micro_batch:
@@ -71,7 +71,7 @@ class GlobalBatchLoader:
         self.caches: dict[str, TokenCache] = dict(cache or {})
         self.modalities = None if modalities is None else tuple(modalities)
         self.resize = resize
-        self.video_frames = video_frames
+        self.decode_options = decode_options  # video_frames, sample_rate, audio_seconds (see decode_sample)
         self.workers = int(workers)
         n = len(source)
         if isinstance(source, MixtureSource):
@@ -164,7 +164,7 @@ class GlobalBatchLoader:
         except OSError as e:
             return BadSample(self.source.key(i), f"read error: {e}")
         try:
-            return decode_sample(raw, self.image_size, self.resize, self.modalities, self.video_frames)
+            return decode_sample(raw, self.image_size, self.resize, self.modalities, **self.decode_options)
         except BadSample as e:
             return e
 
