@@ -42,6 +42,8 @@ def start_server(args: argparse.Namespace, max_batch: int, max_wait_ms: float) -
            "--max-queue", str(max(args.clients, 1) * 2)]
     if args.model:
         cmd += ["--model", args.model]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1])
     url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 120
@@ -113,12 +115,13 @@ def run_mode(args: argparse.Namespace, name: str, max_batch: int, max_wait_ms: f
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    result.update(mode=name, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    # other processes on the CPU change both modes' numbers: the 1-minute load average says how busy it was
+    result.update(mode=name, max_batch=max_batch, max_wait_ms=max_wait_ms, load_after=round(os.getloadavg()[0], 2))
     print(f"{name:>14}: {result['images_per_s']:7.2f} images/s  p50 {result['p50_ms']:7.1f} ms  "
           f"p95 {result['p95_ms']:7.1f} ms  mean batch {result['mean_batch']:4.1f}  "
           f"model {1000 * result['model_s_per_image']:5.1f} ms/image  "
           f"errors {sum(result['errors'].values())} {result['errors'] or ''}  "
-          f"({result['images']} images in {result['seconds']} s)", flush=True)
+          f"({result['images']} images in {result['seconds']} s; load average {result['load_after']})", flush=True)
     return result
 
 
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=8, help="requests before timing (default 8)")
     p.add_argument("--max-batch", type=int, default=32, help="the batched server's --max-batch (default 32)")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="the batched server's --max-wait-ms (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="the servers' --threads (default: torch's)")
     p.add_argument("--out", help="also write the results as JSON here")
     args = p.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS or not 0 < args.duration <= MAX_DURATION:

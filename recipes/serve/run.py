@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=os.environ.get("HART_SERVE_TOKEN"),
                    help="bearer token every /v1 request must send (default: $HART_SERVE_TOKEN; none: no auth)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the model (default: torch's, one per core; on a CPU shared with other "
+                        "busy processes fewer can be faster)")
     limits = p.add_argument_group("batching and limits")
     for f in fields(ServeSettings):
         if f.name in HELP:
@@ -51,6 +54,12 @@ def serve(model, args: argparse.Namespace, name: str) -> int:
         raise ValueError(f"hart-unified serve needs the serve extra ({e.name} is missing): "
                          "pip install -e '.[serve]'") from None
     settings = settings_from_args(args)
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if not _loopback(args.host) and settings.token is None:
         print(f"warning: listening on {args.host} without a token: anyone who can reach it can use it",
               file=sys.stderr)
