@@ -9,6 +9,7 @@ then rename).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,9 +17,9 @@ import pickle
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+T = TypeVar("T")
 CHECKSUM_NAME = "weights.sha256"  # `sha256sum -c` format: "<hex>  <file name>" per weights file
 
 
@@ -79,6 +81,40 @@ def safe_torch_load(path: str | os.PathLike | Any, allowed: Iterable[type] = (),
         ) from e
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"{name}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from e
+
+
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+                                              "dict": (dict,), "list": (list,)}
+
+
+def check_field_types(config: Any) -> None:
+    """TypeError unless every field of a config dataclass (and of the dataclasses it holds) has its
+    annotated simple type (int, float, str, bool, dict, list; or None where optional): a config.json
+    with `"max_length": "long"` must fail on load, not deep inside generation."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        kinds = [k for k in kinds if k != "None"]
+        if len(kinds) == 1 and kinds[0] in _SIMPLE_TYPES:
+            wanted = _SIMPLE_TYPES[kinds[0]]
+            if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
+                raise TypeError(f"{f.name} must be {kinds[0]}, got {value!r}")
+        for item in value if isinstance(value, list) else [value]:
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                check_field_types(item)
+
+
+def build_config(make: Callable[[dict], T], d: dict, folder: str | os.PathLike) -> T:
+    """`make(d)` (a config's from_dict) with its fields type-checked; a wrong type, an unknown or missing
+    key is one CheckpointError naming the folder's config.json."""
+    try:
+        config = make(d)
+        check_field_types(config)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{Path(folder) / CONFIG_NAME}: {e}") from None
+    return config
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:

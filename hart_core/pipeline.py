@@ -8,6 +8,7 @@ Folders it reads:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -101,6 +102,26 @@ class HARTPipeline:
     ) -> torch.Tensor:
         """Images [N, 3, H, W] in [0, 1] for N prompts, generated in batches. The same seed gives the
         same images for the same batch composition."""
+        return torch.cat([images for _, images in self.batches(
+            prompts, cfg=cfg, seed=seed, top_k=top_k, top_p=top_p, more_smooth=more_smooth,
+            batch_size=batch_size, progress=progress, callback=callback)])
+
+    @torch.no_grad()
+    def batches(
+        self,
+        prompts: list[str],
+        *,
+        cfg: float = 4.5,
+        seed: int | None = 0,
+        top_k: int | None = None,
+        top_p: float = 0.0,
+        more_smooth: bool = False,
+        batch_size: int = 4,
+        progress: bool = True,
+        callback: PreviewFn | None = None,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start, images [b, 3, H, W]) for each batch as soon as it is made (the same images as `__call__`),
+        so a caller can write them batch by batch instead of holding them all."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if batch_size < 1:
@@ -111,15 +132,11 @@ class HARTPipeline:
         else:
             generator.seed()
         dtype = next(self.transformer.parameters()).dtype
-        out = []
-        batches = range(0, len(prompts), batch_size)
-        for start in tqdm(batches, desc="generating", unit="batch", disable=not progress):
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="generating", unit="batch", disable=not progress):
             context, mask, positions = self.encode_prompts(prompts[start : start + batch_size])
-            out.append(
-                generate_images(
-                    self.transformer, self.tokenizer, context.to(dtype), mask, positions,
-                    cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth,
-                    generator=generator, callback=callback,
-                ).float().cpu()
-            )
-        return torch.cat(out)
+            yield start, generate_images(
+                self.transformer, self.tokenizer, context.to(dtype), mask, positions,
+                cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth,
+                generator=generator, callback=callback,
+            ).float().cpu()

@@ -48,8 +48,9 @@ class TextEncoder:
 
         if not os.path.isdir(path):
             raise FileNotFoundError(f"text encoder folder {path} does not exist")
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype).to(device)
+        # never the code a folder's auto_map names (transformers would otherwise ask, or run it)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False, dtype=dtype).to(device)
         return cls(model, tokenizer, max_length, system_prompt)
 
     @property

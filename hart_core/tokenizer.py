@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hart_core.checkpoint import (
+    build_config,
     check_model_type,
     load_checked,
     official_tokenizer_state,
@@ -176,6 +177,6 @@ class HARTTokenizer(nn.Module):
     def from_pretrained(cls, folder: str | os.PathLike) -> HARTTokenizer:
         cfg = check_model_type(folder, cls.MODEL_TYPE,
                                "for a released HART tokenizer/ folder use HARTTokenizer.from_official")
-        model = cls(TokenizerConfig.from_dict(cfg))
+        model = cls(build_config(TokenizerConfig.from_dict, cfg, folder))
         load_checked(model, read_weights(folder, prefer_ema=False), str(folder))
         return model.eval()

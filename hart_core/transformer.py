@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import (
+    build_config,
     check_model_type,
     load_checked,
     official_transformer_state,
@@ -340,6 +341,6 @@ class HARTTransformer(nn.Module):
     def from_pretrained(cls, folder: str | os.PathLike) -> HARTTransformer:
         cfg = check_model_type(folder, cls.MODEL_TYPE,
                                "for a released HART llm/ folder use HARTTransformer.from_official")
-        model = cls(TransformerConfig.from_dict(cfg))
+        model = cls(build_config(TransformerConfig.from_dict, cfg, folder))
         load_checked(model, read_weights(folder, prefer_ema=False), str(folder))
         return model.eval()

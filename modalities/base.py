@@ -212,6 +212,19 @@ def read_codec_config(folder: str | os.PathLike, codec_type: str | None = None) 
     return config
 
 
+def codec_subfolder(folder: str | os.PathLike, config: dict, key: str, default: str) -> Path:
+    """The folder codec.json names under `key` (relative to the codec folder); it must lie inside the codec
+    folder, so a model folder cannot make a loader read files from elsewhere on the machine."""
+    folder = Path(folder)
+    name = config.get(key, default)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{folder / CODEC_CONFIG_NAME}: {key!r} must be a folder name, got {name!r}")
+    sub = (folder / name).resolve()
+    if not sub.is_relative_to(folder.resolve()):
+        raise ValueError(f"{folder / CODEC_CONFIG_NAME}: {key} {name!r} points outside the codec folder")
+    return sub
+
+
 def load_codec(folder: str | os.PathLike) -> ModalityCodec:
     """Load any registered codec from its folder, dispatching on codec.json's codec_type."""
     codec_type = read_codec_config(folder)["codec_type"]

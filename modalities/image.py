@@ -18,7 +18,7 @@ from PIL import Image
 from hart_core.quantizer import HybridTokens, MultiScaleResidualQuantizer
 from hart_core.tokenizer import HARTTokenizer
 
-from .base import ModalityCodec, read_codec_config, register_codec, write_codec_config
+from .base import ModalityCodec, codec_subfolder, read_codec_config, register_codec, write_codec_config
 
 # a list of PIL RGB images, uint8 [B, H, W, 3] (numpy or torch), or float [B, 3, H, W] in [-1, 1]
 ImageBatch = Image.Image | Sequence[Image.Image] | np.ndarray | torch.Tensor
@@ -142,7 +142,7 @@ class ImageCodec(ModalityCodec):
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> ImageCodec:
         config = read_codec_config(folder, cls.codec_type)
-        tokenizer = HARTTokenizer.from_pretrained(Path(folder) / config.get("tokenizer", TOKENIZER_SUBFOLDER))
+        tokenizer = HARTTokenizer.from_pretrained(codec_subfolder(folder, config, "tokenizer", TOKENIZER_SUBFOLDER))
         return cls(tokenizer).eval()
 
 

@@ -245,7 +245,10 @@ class SentencePieceTextTokenizer(TextTokenizer):
 
     @classmethod
     def _load_files(cls, folder: Path, specials: tuple[str, ...]) -> SentencePieceTextTokenizer:
-        return cls((folder / SPM_NAME).read_bytes(), specials)
+        try:
+            return cls((folder / SPM_NAME).read_bytes(), specials)
+        except RuntimeError as e:  # sentencepiece's parse error on a truncated or foreign file
+            raise ValueError(f"{folder / SPM_NAME}: not a readable sentencepiece model ({e})") from None
 
     def __getstate__(self) -> dict:  # picklable for DataLoader workers
         return {"model_proto": self.model_proto, "special_ids": self._special_ids}
@@ -270,7 +273,8 @@ class HFTextTokenizer(TextTokenizer):
 
         if not Path(path).is_dir():
             raise FileNotFoundError(f"{path}: no such tokenizer folder")
-        return cls(AutoTokenizer.from_pretrained(str(path), local_files_only=True), specials)
+        # never the code a folder's auto_map names (transformers would otherwise ask, or run it)
+        return cls(AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False), specials)
 
     @property
     def vocab_size(self) -> int:

@@ -22,7 +22,14 @@ import torch
 
 from hart_core.quantizer import HybridTokens, MultiScaleResidualQuantizer
 
-from .base import ModalityCodec, load_codec, read_codec_config, register_codec, write_codec_config
+from .base import (
+    ModalityCodec,
+    codec_subfolder,
+    load_codec,
+    read_codec_config,
+    register_codec,
+    write_codec_config,
+)
 from .image import ImageCodec
 
 IMAGE_SUBFOLDER = "image"
@@ -90,7 +97,7 @@ class VideoCodec(ModalityCodec):
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> VideoCodec:
         config = read_codec_config(folder, cls.codec_type)
-        image = load_codec(Path(folder) / config.get("image", IMAGE_SUBFOLDER))
+        image = load_codec(codec_subfolder(folder, config, "image", IMAGE_SUBFOLDER))
         if not isinstance(image, ImageCodec):
             raise ValueError(f"{folder}: its image/ folder holds a {type(image).__name__}, not an image codec")
         return cls(image).eval()

@@ -26,6 +26,15 @@ from pathlib import Path
 
 import torch
 
+from .arguments import (
+    default_device,
+    describe_error,
+    device,
+    finite_float,
+    non_negative_int,
+    positive_int,
+    probability,
+)
 from .eval.evaluate import add_arguments as add_eval_arguments
 from .media import (
     DEFAULT_OUT,
@@ -36,6 +45,7 @@ from .media import (
     output_paths,
     read_clip,
     read_images,
+    read_prompts,
     save_images,
     write_prompts,
 )
@@ -51,9 +61,7 @@ def cmd_t2i(args: argparse.Namespace) -> int:
     from hart_core.pipeline import HARTPipeline
     from hart_core.text_encoder import HART_SYSTEM_PROMPT, TextEncoder
 
-    prompts = list(args.prompt or [])
-    if args.prompts_file:
-        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+    prompts = read_prompts(args.prompt, args.prompts_file)
     if not prompts:
         raise ValueError("give at least one --prompt or a --prompts-file")
     check_writable(Path(args.out))  # before any compute
@@ -75,14 +83,13 @@ def cmd_t2i(args: argparse.Namespace) -> int:
     pipe.to(device, _dtype(args.dtype))
     if args.steps is not None:
         pipe.transformer.diffusion_head.set_sampling_steps(args.steps)
-    images = pipe(
-        prompts, cfg=args.cfg, seed=args.seed, top_k=args.top_k, top_p=args.top_p,
-        more_smooth=args.more_smooth, batch_size=args.batch_size, progress=not args.quiet,
-    )
     paths = output_paths(Path(args.out), len(prompts))
     write_prompts(Path(args.out), prompts)
-    for path in save_images(images, paths):
-        print(path)
+    batches = pipe.batches(prompts, cfg=args.cfg, seed=args.seed, top_k=args.top_k, top_p=args.top_p,
+                           more_smooth=args.more_smooth, batch_size=args.batch_size, progress=not args.quiet)
+    for start, images in batches:  # each batch written (atomically) as soon as it is made
+        for path in save_images(images, paths[start : start + len(images)]):
+            print(path)
     return 0
 
 
@@ -115,21 +122,17 @@ def _load_unified(args: argparse.Namespace):
 def cmd_generate(args: argparse.Namespace) -> int:
     if args.modality not in WRITERS:
         raise ValueError(f"no writer for {args.modality!r} items in recipes (it writes: {', '.join(WRITERS)})")
-    if args.segments < 1:
-        raise ValueError(f"--segments must be at least 1, got {args.segments}")
     out = Path(args.out or DEFAULT_OUT[args.modality])
+    prompts = read_prompts(args.prompt, args.prompts_file)
+    if args.given and not Path(args.given).is_file():
+        raise FileNotFoundError(f"--given {args.given} does not exist")
     check_writable(out)  # before any compute
     model = _load_unified(args)
     model.config.head(args.modality)  # a clear error when the model has no such modality
-    prompts = list(args.prompt or [])
-    if args.prompts_file:
-        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
     given = (given_frames(model.codecs[args.modality], args.given, args.given_segments, args.segments)
              if args.given else None)
     if not prompts and given is None:
         raise ValueError("give at least one --prompt or a --prompts-file (or --given frames to continue)")
-    if any(not p.strip() for p in prompts):
-        raise ValueError(f"empty prompt: describe the {args.modality}")
     if args.previews and args.modality != "image":
         raise ValueError("--previews writes images: only for --modality image")
     from tqdm.auto import tqdm
@@ -170,7 +173,14 @@ def _read_items(model, paths: list[str], frames: int | None = None) -> tuple[str
     return modality, [read_clip(p, codec.frame_size, frames) for p in paths]
 
 
+def _check_files(paths: list[str]) -> None:
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist" if not p.exists() else f"{p} is not a file")
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
+    _check_files(args.files)  # before the model loads
     model = _load_unified(args)
     modality, items = _read_items(model, args.files, args.frames)
     texts = model.describe(items, modality=modality, max_new_tokens=args.max_new_tokens)
@@ -180,6 +190,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    _check_files([args.image])
+    if not args.question.strip("\x00 \t\n"):
+        raise ValueError("empty question")
     model = _load_unified(args)
     modality, items = _read_items(model, [args.image], args.frames)
     print(model.describe(items, modality=modality, question=args.question, max_new_tokens=args.max_new_tokens)[0])
@@ -218,7 +231,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _unified_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="unified model folder (default: the shipped model)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device, default=default_device())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,20 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--hart", help="released HART folder (llm/ + tokenizer/) or a converted one")
     src.add_argument("--text-encoder", help="local Hugging Face LM folder (HART uses Qwen2-1.5B)")
     src.add_argument("--debug-model", action="store_true", help="tiny random model, to try the pipeline")
-    src.add_argument("--max-length", type=int, default=None,
+    src.add_argument("--max-length", type=positive_int, default=None,
                      help="text context slots (default: the model's context_token, 300 for HART)")
     src.add_argument("--no-system-prompt", action="store_true", help="encode prompts without HART's system prompt")
     t2i.add_argument("--prompt", action="append", help="a prompt; repeat for several images")
     t2i.add_argument("--prompts-file", help="text file with one prompt per line")
     t2i.add_argument("--out", default="hart.png", help="output PNG; several prompts give OUT_000.png, ...")
-    t2i.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance scale (default 4.5)")
+    t2i.add_argument("--cfg", type=finite_float, default=4.5, help="classifier-free guidance scale (default 4.5)")
     t2i.add_argument("--seed", type=int, default=0)
-    t2i.add_argument("--steps", type=int, default=None, help="diffusion-head sampling steps (default: model's, 8)")
-    t2i.add_argument("--top-k", type=int, default=None, help="default: the released schedule (600, then 300)")
-    t2i.add_argument("--top-p", type=float, default=0.0)
+    t2i.add_argument("--steps", type=positive_int, default=None,
+                     help="diffusion-head sampling steps (default: model's, 8)")
+    t2i.add_argument("--top-k", type=non_negative_int, default=None,
+                     help="default: the released schedule (600, then 300)")
+    t2i.add_argument("--top-p", type=probability, default=0.0)
     t2i.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing of the codes")
-    t2i.add_argument("--batch-size", type=int, default=4)
-    t2i.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    t2i.add_argument("--batch-size", type=positive_int, default=4)
+    t2i.add_argument("--device", type=device, default=default_device())
     t2i.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     t2i.add_argument("--quiet", action="store_true", help="no progress bar")
     t2i.set_defaults(func=cmd_t2i)
@@ -255,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     _unified_args(gen)
     gen.add_argument("--modality", default="image",
                      help=f"what to write (default image; recipes can write: {', '.join(WRITERS)})")
-    gen.add_argument("--segments", type=int, default=1,
+    gen.add_argument("--segments", type=positive_int, default=1,
                      help="segments per item (frames, chunks; default 1); several give OUT_sJJ files")
     gen.add_argument("--prompt", action="append", help="a prompt; repeat for several images")
     gen.add_argument("--prompts-file", help="text file with one prompt per line")
@@ -263,15 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output file (default image.png, video.mp4); several prompts give OUT_000.png, ...")
     gen.add_argument("--given", help="video: continue the first frames of this video file, or this image as the "
                                      "first frame (image-to-video); prompts are optional then")
-    gen.add_argument("--given-segments", type=int, default=1, help="frames of --given to continue from (default 1)")
+    gen.add_argument("--given-segments", type=positive_int, default=1,
+                     help="frames of --given to continue from (default 1)")
     gen.add_argument("--gif", action="store_true", help="video: also write a GIF beside each mp4")
     gen.add_argument("--previews", action="store_true", help="also write OUT_scales.png: every scale, coarse to fine")
-    gen.add_argument("--cfg", type=float, default=None,
+    gen.add_argument("--cfg", type=finite_float, default=None,
                      help="classifier-free guidance scale (default: the model's own, default_cfg in its config.json)")
-    gen.add_argument("--top-k", type=int, default=None,
+    gen.add_argument("--top-k", type=non_negative_int, default=None,
                      help="top-k sampling (default: the model's own, default_top_k in its config.json; 0 = none)")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--batch-size", type=positive_int, default=8)
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=cmd_generate)
 
@@ -279,16 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Caption images, or describe what happens in videos, with a unified model.")
     _unified_args(cap)
     cap.add_argument("files", nargs="+", help="image files, or video files (.mp4, .gif, ...); fitted to the model")
-    cap.add_argument("--frames", type=int, default=None, help="videos: frames sampled evenly (default: every frame)")
-    cap.add_argument("--max-new-tokens", type=int, default=32)
+    cap.add_argument("--frames", type=positive_int, default=None,
+                     help="videos: frames sampled evenly (default: every frame)")
+    cap.add_argument("--max-new-tokens", type=positive_int, default=32)
     cap.set_defaults(func=cmd_caption)
 
     ask = sub.add_parser("ask", help="image + question -> answer", description="Ask a question about an image.")
     _unified_args(ask)
     ask.add_argument("--image", required=True, help="an image file, or a video file")
-    ask.add_argument("--frames", type=int, default=None, help="videos: frames sampled evenly (default: every frame)")
+    ask.add_argument("--frames", type=positive_int, default=None,
+                     help="videos: frames sampled evenly (default: every frame)")
     ask.add_argument("--question", required=True)
-    ask.add_argument("--max-new-tokens", type=int, default=16)
+    ask.add_argument("--max-new-tokens", type=positive_int, default=16)
     ask.set_defaults(func=cmd_ask)
 
     demo = sub.add_parser("demo", help="a few prompts end to end, written to a folder with an index.html",
@@ -296,9 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     _unified_args(demo)
     demo.add_argument("--out", default="demo", help="output folder (default ./demo)")
     demo.add_argument("--prompt", action="append", help="replace the built-in prompts")
-    demo.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's default_cfg)")
+    demo.add_argument("--cfg", type=finite_float, default=None,
+                      help="guidance scale (default: the model's default_cfg)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--frames", type=int, default=4, help="frames of each demo clip (video models; default 4)")
+    demo.add_argument("--frames", type=positive_int, default=4,
+                      help="frames of each demo clip (video models; default 4)")
     demo.set_defaults(func=cmd_demo)
 
     ev = sub.add_parser("eval", help="prompt adherence, caption/QA accuracy, digits, speed",
@@ -339,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # bad input (files, folders, values): one clear line, no traceback
+        print(f"error: {describe_error(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -31,6 +31,27 @@ def read_images(paths: Sequence[str | Path], size: tuple[int, int]) -> list:
     return images
 
 
+def read_prompts(prompts: Sequence[str] | None, prompts_file: str | Path | None) -> list[str]:
+    """The --prompt values, then the lines of --prompts-file (blank lines skipped). A prompt without any
+    printable character (spaces, NULs) is refused: the model would draw from nothing."""
+    out = list(prompts or [])
+    if prompts_file:
+        path = Path(prompts_file)
+        if path.is_dir():
+            raise ValueError(f"--prompts-file {path} is a folder, not a text file")
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompts-file {path} does not exist")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"--prompts-file {path} is not UTF-8 text") from None
+        out += [line.strip() for line in text.splitlines() if line.strip()]
+    for p in out:
+        if not any(c.isprintable() and not c.isspace() for c in p):
+            raise ValueError(f"empty prompt {p!r}: it holds no printable text")
+    return out
+
+
 def read_clip(path: str | Path, size: tuple[int, int], frames: int | None = None, first: bool = False
               ) -> torch.Tensor:
     """uint8 frames [T, H, W, 3] of a video file (or one frame of an image file): `frames` sampled evenly,

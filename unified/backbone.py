@@ -73,7 +73,7 @@ class Backbone(nn.Module):
             config = dict(config)
             config = AutoConfig.for_model(config.pop("model_type"), **config)
         config._attn_implementation = "sdpa"  # our masks are 4-D booleans
-        return cls(AutoModelForCausalLM.from_config(config))
+        return cls(AutoModelForCausalLM.from_config(config, trust_remote_code=False))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Backbone:
@@ -82,7 +82,9 @@ class Backbone(nn.Module):
 
         if not os.path.isdir(path):
             raise FileNotFoundError(f"LLM folder {path} does not exist")
-        lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, attn_implementation="sdpa", dtype=dtype)
+        # never the code a folder's auto_map names (transformers would otherwise ask, or run it)
+        lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                                  attn_implementation="sdpa", dtype=dtype)
         return cls(lm)
 
     @property

@@ -21,7 +21,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hart_core.checkpoint import CheckpointError, check_model_type, load_checked, read_weights, save_folder
+from hart_core.checkpoint import (
+    CheckpointError,
+    build_config,
+    check_model_type,
+    load_checked,
+    read_weights,
+    save_folder,
+)
 from hart_core.quantizer import HybridTokens
 from modalities import ModalityCodec, TextTokenizer, load_codec
 
@@ -260,7 +267,7 @@ class UnifiedModel(GenerationMixin, nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> UnifiedModel:
         folder = Path(folder)
-        config = UnifiedConfig.from_dict(check_model_type(folder, cls.MODEL_TYPE))
+        config = build_config(UnifiedConfig.from_dict, check_model_type(folder, cls.MODEL_TYPE), folder)
         for sub in ["text_tokenizer"] + [f"codecs/{h.modality}" for h in config.heads]:
             if not (folder / sub).is_dir():
                 raise CheckpointError(f"{folder}: missing {sub}/ (a model folder holds config.json, "

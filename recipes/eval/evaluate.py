@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from recipes.arguments import default_device, device, finite_float, non_negative_int, positive_int
 from recipes.machine import cpu_model
 
 
@@ -286,16 +287,18 @@ def table(results: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The evaluation options, shared by `python -m recipes.eval.evaluate` and `hart-unified eval`."""
     parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--n", type=int, default=200, help="prompts / images per measurement (default 200)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's default_cfg)")
-    parser.add_argument("--top-k", type=int, default=None,
+    parser.add_argument("--n", type=positive_int, default=200, help="prompts / images per measurement (default 200)")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--cfg", type=finite_float, default=None,
+                        help="guidance scale (default: the model's default_cfg)")
+    parser.add_argument("--top-k", type=non_negative_int, default=None,
                         help="text-to-image top-k (default: the model's default_top_k; 0 = no filtering)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", choices=("heldout", "train"), default="heldout",
                         help="Shapes World prompts/images: held-out combinations (the benchmark, default) or "
                              "fresh training-split scenes (for choosing settings such as --cfg)")
-    parser.add_argument("--video-frames", type=int, default=8, help="frames per clip of the video suites (default 8)")
+    parser.add_argument("--video-frames", type=positive_int, default=8,
+                        help="frames per clip of the video suites (default 8)")
     parser.add_argument("--suite", action="append", default=None,
                         help=f"an evaluation suite to run ({', '.join(EVAL_SUITES)}); repeat for several (default: "
                              "every suite that applies to the model's modalities)")
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="unified model folder")
     add_arguments(parser)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device, default=default_device())
     args = parser.parse_args(argv)
     model = load_model(args.model, args.device)
     if model is None:

@@ -71,7 +71,10 @@ def test_t2i_options(tmp_path):
 
 
 def test_t2i_zero_steps_rejected(tmp_path, capsys):
-    assert _t2i(tmp_path, "--prompt", "a", "--steps", "0", "--out", str(tmp_path / "x.png")) == 2
+    with pytest.raises(SystemExit) as exc:  # refused by the argument parser, before any model loads
+        _t2i(tmp_path, "--prompt", "a", "--steps", "0", "--out", str(tmp_path / "x.png"))
+    assert exc.value.code == 2
+    assert "--steps: must be at least 1" in capsys.readouterr().err
 
 
 def test_t2i_prompts_file(tmp_path):
