@@ -56,8 +56,9 @@ class Service:
         length = model.builder.build([model.row("text_to_item", None, prompt, modality=modality)]).text_ids.shape[1]
         need = model.builder.pattern(modality, segments, written=True, read=False).length + 1
         if length + need > model.config.max_length:
-            raise ServeError(400, f"prompt takes {length} positions and the {modality} {need} more, beyond the "
-                                  f"model's {model.config.max_length}: shorten it", "prompt_too_long")
+            fewer = " or ask for fewer frames" if segments > 1 else ""
+            raise ServeError(400, f"the prompt takes {length} positions and the {modality} {need} more, beyond the "
+                                  f"model's {model.config.max_length}: shorten the prompt{fewer}", "sequence_too_long")
         return prompt
 
     def image_job(self, req: ImageRequest, on_preview=None) -> Job:

@@ -117,7 +117,7 @@ BAD_JSON = [
     ({"prompt": ""}, 400, "empty_prompt"),
     ({"prompt": "   "}, 400, "empty_prompt"),
     ({"prompt": "x" * 5000}, 400, "prompt_too_long"),
-    ({"prompt": "a" * 290}, 400, "prompt_too_long"),  # within the characters, beyond the model's positions
+    ({"prompt": "a" * 290}, 400, "sequence_too_long"),  # within the characters, beyond the model's positions
     ({"prompt": PROMPT, "n": 0}, 400, "invalid_request"),
     ({"prompt": PROMPT, "n": 1000}, 400, "n_too_large"),
     ({"prompt": PROMPT, "response_format": "url"}, 400, "invalid_request"),
@@ -292,3 +292,18 @@ def test_a_model_without_images_refuses_image_routes():
         for r in (c.post("/v1/images/generations", json={"prompt": "a rising tone"}),
                   c.post("/v1/images/captions", files={"file": ("a.png", _real_png(), "image/png")})):
             assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_modality"
+
+
+def test_video_clips_as_gif_and_mp4():
+    from modalities import VideoCodec, debug_image_codec
+    from unified.debug import debug_model
+
+    with TestClient(create_app(debug_model({"video": VideoCodec(debug_image_codec(0))}))) as c:
+        body = {"prompt": "a ball moving left", "frames": 3, "seed": 1}
+        gif = c.post("/v1/videos/generations", json=body).json()
+        clip = Image.open(io.BytesIO(base64.b64decode(gif["b64"])))
+        assert (gif["format"], gif["seed"], clip.format, clip.n_frames) == ("gif", 1, "GIF", 3)
+        mp4 = c.post("/v1/videos/generations", json={**body, "format": "mp4"}).json()
+        assert base64.b64decode(mp4["b64"])[4:8] == b"ftyp"
+        r = c.post("/v1/videos/generations", json={**body, "frames": 500})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "sequence_too_long"
