@@ -202,6 +202,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    check_writable(Path(args.out) / "index.html")  # before any compute
     print(run_demo(_load_unified(args), args.out, args.prompt, args.cfg, args.seed, args.frames))
     return 0
 
@@ -213,6 +214,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         import sklearn  # noqa: F401  (the digits judge)
     except ImportError:
         raise ValueError("hart-unified eval needs scikit-learn: pip install -e '.[train]'") from None
+    if args.out:
+        check_writable(Path(args.out))  # before minutes of evaluation
     return run(_load_unified(args), args, progress=not args.quiet)
 
 

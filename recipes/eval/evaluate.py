@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from recipes.arguments import default_device, device, finite_float, non_negative_int, positive_int
 from recipes.machine import cpu_model
+from recipes.media import atomic_write
 
 
 def _batches(items: list, size: int):
@@ -311,7 +312,7 @@ def run(model, args: argparse.Namespace, progress: bool = True) -> int:
                        video_frames=args.video_frames)
     print(table(results))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        atomic_write(Path(args.out), lambda p: p.write_text(json.dumps(results, indent=1) + "\n"))
         print(args.out)
     return 0
 

@@ -315,7 +315,7 @@ def test_full_disk_leaves_no_partial_file(tmp_path, model_dir, capsys, monkeypat
 def test_unwritable_output_fails_before_the_model_loads(tmp_path, capsys, no_model_load):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    for argv in (["generate", "--prompt", "x"], ["t2i", "--debug-model", "--prompt", "x"]):
+    for argv in (["generate", "--prompt", "x"], ["t2i", "--debug-model", "--prompt", "x"], ["demo"], ["eval"]):
         assert main([*argv, "--out", str(blocker / "sub" / "x.png")]) == 2
         assert "cannot write to" in one_error(capsys)
 
