@@ -1,6 +1,7 @@
 """Spectral distances between waveforms: what the audio codec trains on and what its evaluation reports.
 
     multi_resolution_stft_loss(pred, target)   # spectral convergence + log-magnitude L1 over several FFT sizes
+    complex_stft_loss(pred, target)            # relative error of the complex STFT (magnitude and phase)
     mel_distance(pred, target, sample_rate)    # L1 between log-mel spectrograms, averaged over resolutions
     si_sdr(pred, target)                       # scale-invariant signal-to-distortion ratio, dB per clip
 
@@ -37,6 +38,17 @@ def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor,
         log_mag = (torch.log(t.clamp_min(eps)) - torch.log(p.clamp_min(eps))).abs().mean()
         total = total + convergence + log_mag
     return total / len(fft_sizes)
+
+
+def complex_stft_loss(pred: torch.Tensor, target: torch.Tensor, n_fft: int = 512, eps: float = 1e-5) -> torch.Tensor:
+    """||S_t - S_p||_F / ||S_t||_F over complex STFTs: unlike magnitudes, it asks for the waveform's phase too."""
+    window = torch.hann_window(n_fft, device=pred.device, dtype=pred.dtype)
+
+    def stft(x: torch.Tensor) -> torch.Tensor:
+        return torch.stft(x.reshape(-1, x.shape[-1]), n_fft, hop_length=n_fft // 4, window=window, return_complex=True)
+
+    t = stft(target)
+    return torch.linalg.vector_norm(t - stft(pred)) / torch.linalg.vector_norm(t).clamp_min(eps)
 
 
 @functools.lru_cache(maxsize=16)

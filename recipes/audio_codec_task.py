@@ -1,9 +1,10 @@
-"""The audio codec recipe: `AudioCodec` trained on multi-resolution STFT + mel + waveform losses and the
-quantizer's VQ loss, decoding the discrete-only latent or the full hybrid one with probability 1/2 each
-(HART's alternating training), in the same DeepSpeed trainer as the other tasks.
+"""The audio codec recipe: `AudioCodec` trained on multi-resolution STFT + mel + complex STFT (phase) + waveform
+losses and the quantizer's VQ loss, decoding the discrete-only latent or the full hybrid one with probability
+1/2 each (HART's alternating training), in the same DeepSpeed trainer as the other tasks.
 
-model settings: AudioCodecConfig fields (sample_rate, chunk, channels, ch_mult, strides, latent_dim,
-vocab_size, scales, ...), loss weights (stft_weight, mel_weight, wave_weight), restart_dead_codes_every.
+model settings: AudioCodecConfig fields (sample_rate, chunk, n_fft, hop, width, dilations, latent_dim,
+vocab_size, scales, ...), loss weights (stft_weight, mel_weight, phase_weight, wave_weight),
+restart_dead_codes_every.
 The recipe's `sample_rate` must equal the codec's (the data is resampled to it).
 """
 
@@ -17,12 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from modalities.audio import AudioCodec, AudioCodecConfig
-from modalities.audio_metrics import mel_distance, multi_resolution_stft_loss
+from modalities.audio_metrics import complex_stft_loss, mel_distance, multi_resolution_stft_loss
 
 from .config import TrainConfig
 from .tasks import TokenizerTask
 
-LOSS_WEIGHTS = {"stft_weight": 1.0, "mel_weight": 1.0, "wave_weight": 0.1}
+LOSS_WEIGHTS = {"stft_weight": 1.0, "mel_weight": 1.0, "wave_weight": 0.1, "phase_weight": 1.0}
 
 
 class AudioCodecTask(TokenizerTask):
@@ -64,12 +65,15 @@ class AudioCodecTask(TokenizerTask):
         stft = multi_resolution_stft_loss(pred, chunks)
         mel = mel_distance(pred, chunks, model.sample_rate)
         wave = F.l1_loss(pred, chunks)
+        phase = complex_stft_loss(pred, chunks, model.config.n_fft)
         w = self.weights
-        loss = w["stft_weight"] * stft + w["mel_weight"] * mel + w["wave_weight"] * wave + out["vq_loss"]
+        loss = (w["stft_weight"] * stft + w["mel_weight"] * mel + w["wave_weight"] * wave + w["phase_weight"] * phase
+                + out["vq_loss"])
         if self.restart_every:
             counts = torch.bincount(torch.cat([i.flatten() for i in out["indices"]]), minlength=model.config.vocab_size)
             self.hits = counts if self.hits is None else self.hits + counts
         metrics = {"stft": float(stft.detach()), "mel": float(mel.detach()), "wave_l1": float(wave.detach()),
+                   "phase": float(phase.detach()),
                    "vq": float(out["vq_loss"].detach()), "usage": float(out["usages"])}
         return loss, metrics, len(samples)
 

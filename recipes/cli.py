@@ -7,6 +7,8 @@ Unified model (the shipped default model unless --model DIR):
     hart-unified ask --image photo.png --question "what colour is the circle?"
     hart-unified generate --modality video --segments 8 --prompt "a red circle moving right" --out clip.mp4 --gif
     hart-unified generate --modality video --segments 8 --given start.mp4 --given-segments 2   # continuation
+    hart-unified audio continue in.wav --seconds 2 --out out.wav   # audio continuation (Tone World model)
+    hart-unified generate --model DIR --modality audio --segments 4 --prompt "a rising scale on a saw wave" --out a.wav
     hart-unified demo --out demo/                  # prompts -> images -> captions, with an index page
     hart-unified eval --out eval.json              # prompt adherence, caption/QA accuracy, digits, speed
     hart-unified eval --suite digits               # one evaluation suite (default: all that apply)
@@ -46,7 +48,9 @@ from .media import (
     read_clip,
     read_images,
     read_prompts,
+    read_sound,
     save_images,
+    write_audio_items,
     write_prompts,
 )
 
@@ -105,12 +109,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "pretrained" / "shapes"
+DEFAULT_AUDIO_MODEL = Path(__file__).resolve().parent / "pretrained" / "tones"
 
 
-def _load_unified(args: argparse.Namespace):
+def _load_unified(args: argparse.Namespace, default: Path = DEFAULT_MODEL):
     from unified import UnifiedModel
 
-    folder = Path(args.model) if args.model else DEFAULT_MODEL
+    folder = Path(args.model) if args.model else default
     if not folder.is_dir():
         if args.model:
             raise FileNotFoundError(f"model folder {folder} does not exist")
@@ -149,7 +154,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                seed=args.seed + start, top_k=args.top_k, callback=callback)
         # each batch is written as soon as it is made: a crash later loses nothing written so far
         written = WRITERS[args.modality]((items[:, None] if args.segments == 1 else items).cpu(),
-                                         paths[start : start + len(batch)], gif=args.gif)
+                                         paths[start : start + len(batch)], gif=args.gif,
+                                         codec=model.codecs[args.modality])
         if args.previews:  # one strip per prompt: scale 1 .. K (of every segment), coarse to fine
             strips = [torch.cat([s[i] for s in steps], dim=2) for i in range(len(batch))]
             mine = paths[start : start + len(batch)]
@@ -160,17 +166,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _read_items(model, paths: list[str], frames: int | None = None) -> tuple[str, list]:
-    """Image or video files (by their suffix) as the model's codec of that modality reads them."""
+    """Image, video or audio files (by their suffix) as the model's codec of that modality reads them."""
     kinds = {modality_of(p) for p in paths}
     if len(kinds) > 1:
-        raise ValueError("give images or videos, not both in one call")
+        raise ValueError(f"give files of one kind in one call, not {' and '.join(sorted(kinds))}")
     modality = kinds.pop()
     if modality not in model.codecs:
         raise ValueError(f"this model has no {modality} codec (it has: {', '.join(model.codecs)})")
     codec = model.codecs[modality]
     if modality == "image":
         return modality, read_images(paths, codec.image_size)
+    if modality == "audio":
+        return modality, [read_sound(p, codec) for p in paths]
     return modality, [read_clip(p, codec.frame_size, frames) for p in paths]
+
+
+def cmd_audio_continue(args: argparse.Namespace) -> int:
+    _check_files([args.file])
+    out = Path(args.out)
+    if out.suffix.lower() not in (".wav", ".flac", ".ogg"):
+        raise ValueError(f"--out {out}: audio is written as .wav, .flac or .ogg")
+    check_writable(out)  # before any compute
+    model = _load_unified(args, DEFAULT_AUDIO_MODEL)
+    codec = model.codecs.get("audio")
+    if codec is None:
+        raise ValueError(f"this model has no audio codec (it has: {', '.join(model.codecs)})")
+    wave = read_sound(args.file, codec)
+    audio = model.continue_audio(wave, args.seconds, prompts=[args.prompt] if args.prompt else None, cfg=args.cfg,
+                                 top_k=args.top_k, seed=args.seed)
+    if args.only_new:  # drop the given whole chunks (continue_audio returns them first)
+        audio = audio[:, max(1, len(wave) // codec.chunk) * codec.chunk :]
+    print(write_audio_items(audio[:, None].cpu(), [out], codec=codec)[0])
+    return 0
 
 
 def _check_files(paths: list[str]) -> None:
@@ -350,6 +377,25 @@ def build_parser() -> argparse.ArgumentParser:
     _unified_args(srv)
     add_serve_arguments(srv)
     srv.set_defaults(func=cmd_serve)
+
+    audio = sub.add_parser("audio", help="audio with a unified model: continue a clip",
+                           description="Audio prediction with a unified model (the shipped Tone World model unless "
+                                       "--model DIR). Text-to-audio is `generate --modality audio --segments N`; "
+                                       "captions of audio files are `caption FILE.wav`.")
+    audio_sub = audio.add_subparsers(dest="audio_command", required=True)
+    cont = audio_sub.add_parser("continue", help="continue an audio file",
+                                description="Continue an audio file: its whole chunks are given to the model (a "
+                                            "shorter tail is dropped), then it writes --seconds more.")
+    _unified_args(cont)
+    cont.add_argument("file", help="an audio file (.wav, .flac, .ogg, .mp3), resampled to the model's rate")
+    cont.add_argument("--seconds", type=finite_float, default=2.0, help="seconds to add (default 2)")
+    cont.add_argument("--out", default="continued.wav", help="output .wav/.flac/.ogg (default continued.wav)")
+    cont.add_argument("--only-new", action="store_true", help="write only the new audio, not the given chunks")
+    cont.add_argument("--prompt", help="optional text the continuation should follow (e.g. a caption)")
+    cont.add_argument("--cfg", type=finite_float, default=None, help="guidance scale (default: the model's own)")
+    cont.add_argument("--top-k", type=non_negative_int, default=None, help="top-k sampling (default: the model's own)")
+    cont.add_argument("--seed", type=int, default=0)
+    cont.set_defaults(func=cmd_audio_continue)
 
     conv = sub.add_parser("convert", help="convert a released HART folder to this project's format")
     conv.add_argument("--hart", required=True, help="released HART folder (llm/ + tokenizer/)")

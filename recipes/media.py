@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def read_images(paths: Sequence[str | Path], size: tuple[int, int]) -> list:
@@ -64,8 +65,16 @@ def read_clip(path: str | Path, size: tuple[int, int], frames: int | None = None
     return read_video(path, frames, stride=1 if first and frames else None, size=size)
 
 
+def read_sound(path: str | Path, codec) -> torch.Tensor:
+    """Mono float samples [N] of an audio file at the codec's sample rate (as training decodes audio)."""
+    from modalities import read_audio
+
+    return read_audio(path, codec.sample_rate)
+
+
 def modality_of(path: str | Path) -> str:
-    return "video" if Path(path).suffix.lower() in VIDEO_SUFFIXES else "image"
+    suffix = Path(path).suffix.lower()
+    return "video" if suffix in VIDEO_SUFFIXES else "audio" if suffix in AUDIO_SUFFIXES else "image"
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -113,7 +122,7 @@ def save_images(images: torch.Tensor, paths: list[Path]) -> list[Path]:
     return paths
 
 
-def write_image_items(items: torch.Tensor, paths: list[Path], gif: bool = False) -> list[Path]:
+def write_image_items(items: torch.Tensor, paths: list[Path], gif: bool = False, codec=None) -> list[Path]:
     """Image items [B, N, 3, H, W] at their paths; an item of several segments is PATH_sJJ.png each."""
     if items.shape[1] == 1:
         return save_images(items[:, 0], paths)
@@ -121,7 +130,8 @@ def write_image_items(items: torch.Tensor, paths: list[Path], gif: bool = False)
             for p in save_images(items[:, j], [q.with_name(f"{q.stem}_s{j:02d}{q.suffix}") for q in paths])]
 
 
-def write_video_items(items: torch.Tensor, paths: list[Path], gif: bool = False, fps: float = 8.0) -> list[Path]:
+def write_video_items(items: torch.Tensor, paths: list[Path], gif: bool = False, fps: float = 8.0,
+                      codec=None) -> list[Path]:
     """Clips [B, T, 3, H, W] in [0, 1] at their paths (.mp4, H.264, or .gif); with `gif` an mp4 also gets a
     GIF beside it (for pages and chats that show GIFs inline). write_video is atomic itself."""
     from modalities import write_video
@@ -139,19 +149,38 @@ def write_video_items(items: torch.Tensor, paths: list[Path], gif: bool = False,
     return paths
 
 
-# modality -> writer(items [b, N, ...] as the codec decodes them, their paths, gif) -> written paths; a
-# modality the recipes can write (audio files) is one more entry
-WRITERS: dict[str, Callable[..., list[Path]]] = {"image": write_image_items, "video": write_video_items}
-DEFAULT_OUT = {"image": "image.png", "video": "video.mp4"}
+def write_audio_items(items: torch.Tensor, paths: list[Path], gif: bool = False, codec=None) -> list[Path]:
+    """Audio items [B, S, chunk] (S chunks each) as .wav/.flac/.ogg files at the codec's sample rate, atomically."""
+    from modalities import save_audio
+
+    if codec is None or not hasattr(codec, "sample_rate"):
+        raise ValueError("writing audio needs the audio codec (for its sample rate)")
+    for wave, path in zip(items.flatten(1), paths, strict=True):
+        save_audio(path, wave, codec.sample_rate)
+    return paths
 
 
-def given_frames(codec, path: str | Path, count: int, segments: int):
-    """The first `count` frames of a video file, or an image file as the first frame (image-to-video), as
-    the tokens of one item (a row per frame)."""
-    from modalities import VideoCodec
+# modality -> writer(items [b, N, ...] as the codec decodes them, their paths, gif=, codec=) -> written paths
+WRITERS: dict[str, Callable[..., list[Path]]] = {"image": write_image_items, "video": write_video_items,
+                                                 "audio": write_audio_items}
+DEFAULT_OUT = {"image": "image.png", "video": "video.mp4", "audio": "audio.wav"}
 
+
+def given_frames(codec, path: str | Path, count: int | None, segments: int):
+    """The first segments of an item from a file, as the tokens of one item (a row per segment): the first
+    `count` frames of a video file, or an image file as the first frame (image-to-video); the first `count`
+    whole chunks of an audio file (None: all of them)."""
+    from modalities import AudioCodec, VideoCodec
+
+    if isinstance(codec, AudioCodec):
+        wave = read_sound(path, codec)
+        whole = max(1, len(wave) // codec.chunk)
+        tokens = codec.encode(wave[: min(whole, count or whole) * codec.chunk])
+        if tokens.batch_size >= segments:
+            raise ValueError(f"{tokens.batch_size} chunks given and --segments {segments}: nothing left to write")
+        return tokens
     if not isinstance(codec, VideoCodec):
-        raise ValueError(f"given frames continue video; this codec is a {type(codec).__name__}")
+        raise ValueError(f"given segments continue video or audio; this codec is a {type(codec).__name__}")
     frames = read_clip(path, codec.frame_size, count, first=True)
     if len(frames) >= segments:
         raise ValueError(f"{len(frames)} frames given and --segments {segments}: nothing left to write")

@@ -129,13 +129,12 @@ def peak_memory(device: torch.device) -> dict:
     return out
 
 
-def first_good(source, image_size: int, modalities: tuple[str, ...] | None = None,
-               video_frames: int | None = None) -> list[dict]:
+def first_good(source, image_size: int, modalities: tuple[str, ...] | None = None, **decode_options) -> list[dict]:
     from .data import decode_sample
 
     for i in range(len(source)):
         try:
-            return [decode_sample(source.raw(i), image_size, modalities=modalities, video_frames=video_frames)]
+            return [decode_sample(source.raw(i), image_size, modalities=modalities, **decode_options)]
         except Exception:
             continue
     raise ValueError(f"no decodable sample in the data ({len(source)} samples, all bad)")
@@ -181,13 +180,13 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     task = make_task(cfg, artifacts)
     # which checkpoint to continue from, before anything is built: none (or none usable) is an error
     resume_from = D.decided_on_rank0(lambda: checkpoints.resume_tag(ckpt_root)) if resume else None
-    first_good(source, cfg.image_size, task.modalities, cfg.video_frames)  # all samples bad: say so now
+    first_good(source, cfg.image_size, task.modalities, **cfg.decode_options)  # all samples bad: say so now
     if rank == 0 and not resume:
         def texts():
             for i in range(min(len(source), 10_000)):
                 try:
                     yield decode_sample(source.raw(i), cfg.image_size, modalities=task.modalities,
-                                        video_frames=cfg.video_frames)
+                                        **cfg.decode_options)
                 except Exception:  # undecodable samples are counted by the loader during training
                     continue
 
@@ -222,7 +221,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
 
         caches = {m: TokenCache(cfg.token_cache, codec) for m, codec in model.codecs.items()}
     loader = GlobalBatchLoader(source, cfg.global_batch, cfg.micro_batch, cfg.seed, cfg.image_size, cache=caches,
-                               modalities=task.modalities, video_frames=cfg.video_frames)
+                               modalities=task.modalities, **cfg.decode_options)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -248,7 +247,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             if samples:
                 last_good = samples
             else:  # every sample of this micro-batch was bad: run a zero-weight pass to keep the ranks in step
-                samples = last_good or first_good(source, cfg.image_size, task.modalities, cfg.video_frames)
+                samples = last_good or first_good(source, cfg.image_size, task.modalities, **cfg.decode_options)
                 weight = 0.0
             loss, metrics, tokens = task.loss(engine.module, samples, g)  # metrics: floats, per micro-batch
             finite = finite and bool(torch.isfinite(loss.detach()))

@@ -252,6 +252,34 @@ class GenerationMixin:
         return self.describe(images, modality=modality, question=list(questions), max_new_tokens=max_new_tokens,
                              **kwargs)
 
+    # -- audio: thin wrappers --------------------------------------------------------------------
+
+    def continue_audio(self, waves, seconds: float, *, prompts: Sequence[str] | None = None,
+                       modality: str = "audio", **kwargs) -> torch.Tensor:
+        """Each mono clip [N] (the codec's sample rate) continued by `seconds`: its whole chunks are given (a
+        tail shorter than a chunk is dropped, as the model writes whole chunks), then new chunks are written.
+        Returns [B, samples] of the given chunks (as the codec reconstructs them) followed by the new ones."""
+        codec = self.codecs[modality]
+        if isinstance(waves, torch.Tensor) and waves.dim() == 1:
+            waves = [waves]
+        waves = [torch.as_tensor(w) for w in waves]
+        if seconds <= 0:
+            raise ValueError(f"seconds must be positive, got {seconds}")
+        whole = [max(1, len(w) // codec.chunk) * codec.chunk for w in waves]
+        if len(set(whole)) > 1:
+            raise ValueError("clips continued in one batch must hold the same number of whole chunks")
+        given = codec.encode_items([w[:n] for w, n in zip(waves, whole, strict=True)])
+        segments = given[0].batch_size + codec.segments_for(seconds)
+        chunks = self.generate(prompts, modality=modality, segments=segments, given=given, **kwargs)
+        return codec.join(chunks)
+
+    def generate_audio(self, prompts: Sequence[str], seconds: float, *, modality: str = "audio",
+                       **kwargs) -> torch.Tensor:
+        """Audio [B, samples] for each prompt, `seconds` long rounded up to whole chunks."""
+        codec = self.codecs[modality]
+        chunks = self.generate(prompts, modality=modality, segments=codec.segments_for(seconds), **kwargs)
+        return codec.join(chunks if chunks.dim() == 3 else chunks[:, None])
+
     def _generator(self, seed: int | Sequence[int] | None, rows: int) -> torch.Generator | RowGenerators:
         if isinstance(seed, Sequence):
             if len(seed) != rows:

@@ -52,7 +52,7 @@ def note_sequence(pattern: str, first: int, count: int, interval: int = 4) -> li
     if pattern == "rising":
         cycle = [first + s for s in MAJOR_STEPS]
     elif pattern == "falling":
-        cycle = [first + 12 - s for s in MAJOR_STEPS]
+        cycle = [first + s for s in reversed(MAJOR_STEPS)]
     elif pattern == "arpeggio":
         cycle = [first + s for s in ARPEGGIO]
     elif pattern == "alternating":
