@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from hart_core.checkpoint import (
     CheckpointError,
     build_config,
+    check_finite,
     check_model_type,
     load_checked,
     read_weights,
@@ -245,6 +246,7 @@ class UnifiedModel(GenerationMixin, nn.Module):
             raise ValueError(f"{folder}: its text tokenizer is not this model's (start from its text_tokenizer/ "
                              "and add specials to it, so that shared ids mean the same)")
         source = read_weights(folder, prefer_ema=False)
+        check_finite(source, str(folder))  # a diverged model is no start
         rename = dict(heads or {})
         kept = []
         for name, tensor in self.state_dict().items():
