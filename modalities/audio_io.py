@@ -19,6 +19,7 @@ import io
 import math
 import os
 import uuid
+import wave
 from fractions import Fraction
 from pathlib import Path
 
@@ -92,9 +93,26 @@ def load_audio(source: str | os.PathLike | bytes, backend: str = "auto", name: s
         raise AudioReadError(f"{label}: not a readable audio file ({type(e).__name__}: {_first_line(e)})") from e
     if wave.numel() == 0:
         raise AudioReadError(f"{label}: the file holds no samples")
+    declared = _declared_wav_frames(source)
+    if declared is not None and declared > wave.shape[-1]:  # decoders quietly read what is there
+        raise AudioReadError(f"{label}: truncated (the header says {declared} samples, the file holds "
+                             f"{wave.shape[-1]})")
     if not torch.isfinite(wave).all():
         raise AudioReadError(f"{label}: the file holds non-finite samples")
     return wave, int(sr)
+
+
+def _declared_wav_frames(source: str | os.PathLike | bytes) -> int | None:
+    """The sample count a PCM WAV header declares (None for other files): libsndfile and FFmpeg read a truncated
+    WAV as a shorter one without a word."""
+    try:
+        head = source[:12] if isinstance(source, bytes) else Path(source).open("rb").read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        with wave.open(io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source), "rb") as f:
+            return f.getnframes()
+    except (OSError, EOFError, wave.Error):  # not PCM (float WAV), or a header the decoder judges itself
+        return None
 
 
 def resample(wave: torch.Tensor, orig_rate: int, rate: int) -> torch.Tensor:

@@ -7,7 +7,8 @@ suite that applies to the model's modalities. Built in, on worlds whose truth is
   objects and places) and QA exact match on held-out Shapes World images;
 - "digits": text-to-image accuracy judged by a classifier trained on the real digits (its own held-out
   accuracy is reported beside it), and captioning accuracy on real test digits;
-- "speed": sampling speed on this machine (images/s, captions/s), from the shapes suite's timings.
+- "speed": sampling speed on this machine (images/s, captions/s), from the shapes suite's timings;
+- "moving_shapes" (video models, `video_suite.py`) and "tones" (audio models, `tones_suite.py`).
 
 A new suite is a function `(model, ctx) -> {field: result}` under `@register_suite(name, modalities=...)`,
 with a `table` of its rows for the printed summary.
@@ -335,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 from . import video_suite  # noqa: E402,F401  (registers the "moving_shapes" suite)
+from . import tones_suite  # noqa: E402,F401  (registers the "tones" suite)
 
 if __name__ == "__main__":
     # run the imported module's main, whose registry the suites above registered into (under -m this file

@@ -8,7 +8,14 @@ import torch
 from modalities import load_codec
 from modalities.audio import AudioCodec, AudioCodecConfig, debug_audio_codec
 from modalities.audio_io import AudioReadError, available_backends, load_audio, read_audio, resample, save_audio
-from modalities.audio_metrics import log_mel, mel_distance, mel_filterbank, multi_resolution_stft_loss, si_sdr
+from modalities.audio_metrics import (
+    complex_stft_loss,
+    log_mel,
+    mel_distance,
+    mel_filterbank,
+    multi_resolution_stft_loss,
+    si_sdr,
+)
 
 SR = 8000
 
@@ -121,10 +128,10 @@ def test_codec_refuses_what_it_cannot_code():
     for bad in (torch.zeros(2, 1000), torch.zeros(1000, dtype=torch.int16), torch.zeros(0)):
         with pytest.raises(ValueError, match="mono float"):
             codec.encode(bad)
-    with pytest.raises(ValueError, match="multiple of the total stride"):
-        AudioCodecConfig(chunk=1000, strides=(4, 4, 8))
+    with pytest.raises(ValueError, match="multiple of the hop"):
+        AudioCodecConfig(chunk=1000, hop=128)
     with pytest.raises(ValueError, match="last scale"):
-        AudioCodecConfig(chunk=4096, strides=(4, 4, 8), scales=(1, 2, 4))
+        AudioCodecConfig(chunk=4096, hop=128, scales=(1, 2, 4))
 
 
 def test_codec_save_load_round_trip(tmp_path):
@@ -144,13 +151,14 @@ def test_hybrid_path_reconstructs_better_than_discrete_only():
     world = ToneWorld(seed=1)
     clips = torch.stack([torch.from_numpy(world.sample(i)["audio"][:4096]) for i in range(8)])
     torch.manual_seed(0)
-    codec = AudioCodec(AudioCodecConfig(chunk=1024, channels=8, ch_mult=(1, 2), strides=(8, 8), latent_dim=8,
+    codec = AudioCodec(AudioCodecConfig(chunk=1024, n_fft=256, hop=64, width=32, dilations=(1, 2), latent_dim=8,
                                         vocab_size=32, scales=(2, 4, 8, 16))).train()
     opt = torch.optim.Adam(codec.parameters(), lr=3e-3)
     chunks = clips.reshape(-1, 1024)
     for step in range(60):
         out = codec(chunks, continuous=step % 2 == 0)
-        loss = multi_resolution_stft_loss(out["out"], chunks) + mel_distance(out["out"], chunks, SR) + out["vq_loss"]
+        loss = (multi_resolution_stft_loss(out["out"], chunks) + mel_distance(out["out"], chunks, SR)
+                + complex_stft_loss(out["out"], chunks, 256) + out["vq_loss"])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -118,3 +118,22 @@ def test_shards_round_trip(tmp_path):
         assert s["caption"] == caption(truth["timbre"], truth["pattern"], truth["tempo"])
         assert np.abs(s["audio"].numpy() - truth["audio"]).max() < 1e-4
     assert set(PATTERNS) >= {truth["pattern"]}
+
+
+def test_corrupt_audio_is_skipped_and_counted_in_training(tmp_path):
+    import webdataset as wds
+
+    from recipes.data import GlobalBatchLoader, open_source
+
+    world = ToneWorld(seed=5)
+    with wds.TarWriter(str(tmp_path / "mixed-000.tar"), mtime=0.0) as sink:
+        for i in range(6):
+            s = world.sample(i)
+            data = _wav(s["audio"]) if i not in (2, 4) else _wav(s["audio"])[: 50 * i]  # two truncated files
+            sink.write({"__key__": s["key"], "wav": data, "txt": s["caption"]})
+    loader = GlobalBatchLoader(open_source(str(tmp_path / "mixed-000.tar")), 6, 6, seed=0, image_size=16,
+                               modalities=["audio"], sample_rate=SR, audio_seconds=1.0)
+    batch = loader.load(list(range(6)))
+    assert len(batch) == 4 and all(s["audio"].shape == (SR,) for s in batch)
+    assert loader.bad_count == 2 and len(loader.bad_keys) == 2
+    assert all("tones-train-000000" in key for key in loader.bad_keys)
