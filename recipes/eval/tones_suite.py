@@ -31,7 +31,8 @@ SETS = {"seen_pairs": ("train", VALIDATION_START), "heldout_pairs": ("heldout", 
 def _table(results: dict, which: str) -> list[tuple[str, object]]:
     rows = []
     for name in SETS:
-        c, t, cap = results[f"tones_continuation_{name}"], results[f"tones_t2a_{name}"], results[f"tones_caption_{name}"]
+        c, t = results[f"tones_continuation_{name}"], results[f"tones_t2a_{name}"]
+        cap = results[f"tones_caption_{name}"]
         rows += [(f"Tone World continuation note accuracy ({name.replace('_', ' ')}) | onset error ms",
                   f"{c['note_accuracy']:.3f} | {c['onset_error_ms']:.1f}"),
                  (f"Tone World text-to-audio overall ({name.replace('_', ' ')}): pattern / timbre / tempo",
