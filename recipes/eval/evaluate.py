@@ -335,8 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-from . import tones_suite  # noqa: E402,F401  (registers the "tones" suite)
-from . import video_suite  # noqa: E402,F401  (registers the "moving_shapes" suite)
+from . import tones_suite, video_suite  # noqa: E402,F401  (they register the "tones" and "moving_shapes" suites)
 
 if __name__ == "__main__":
     # run the imported module's main, whose registry the suites above registered into (under -m this file
