@@ -58,3 +58,14 @@ def test_bad_audio_is_one_line(tmp_path, model_dir, wav, capsys):
     assert main(["audio", "continue", str(wav), "--model", str(model_dir), "--out", str(tmp_path / "o.mp4")]) == 2
     assert ".wav" in capsys.readouterr().err
     assert not (tmp_path / "o.wav").exists() and not (tmp_path / "o.mp4").exists()
+
+
+def test_demo_shows_players_and_spectrograms(tmp_path, model_dir):
+    from PIL import Image
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(model_dir), "--out", str(out), "--prompt", "a rising tone"]) == 0
+    page = (out / "index.html").read_text()
+    assert page.count("<audio controls") == 3 and "a rising tone" in page  # one prompt + given + continued
+    assert len(read_audio(out / "audio00.wav")) == 16 * 1024  # 2.048 s at 8 kHz
+    assert Image.open(out / "audio00.png").height == 128
