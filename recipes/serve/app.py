@@ -36,6 +36,7 @@ class Service:
     def __init__(self, model, settings: ServeSettings, name: str):
         self.model, self.settings, self.name = model, settings, name
         self.batcher = Batcher(model, settings.max_batch, settings.max_wait_ms, settings.max_queue)
+        self._blank = None  # an image's tokens, to measure questions with
 
     def deadline(self) -> float:
         return time.monotonic() + self.settings.request_timeout_s
@@ -53,13 +54,37 @@ class Service:
                              "unsupported_modality")
         # refused here, not in the worker, where one row too long would fail its whole batch
         model = self.model
-        length = model.builder.build([model.row("text_to_item", None, prompt, modality=modality)]).text_ids.shape[1]
+        length = self._length(model.row("text_to_item", None, prompt, modality=modality))
         need = model.builder.pattern(modality, segments, written=True, read=False).length + 1
         if length + need > model.config.max_length:
             fewer = " or ask for fewer frames" if segments > 1 else ""
             raise ServeError(400, f"the prompt takes {length} positions and the {modality} {need} more, beyond the "
                                   f"model's {model.config.max_length}: shorten the prompt{fewer}", "sequence_too_long")
         return prompt
+
+    def check_question(self, question: str) -> str:
+        """The question, stripped; ServeError unless it is non-empty and fits with an image and the answer."""
+        question = question.strip()
+        if not question:
+            raise ServeError(400, "question is empty", "empty_question")
+        if len(question) > self.settings.max_question_chars:
+            raise ServeError(400, f"question has {len(question)} characters; at most "
+                                  f"{self.settings.max_question_chars}", "question_too_long")
+        if self._blank is None:  # any image's tokens take the same positions
+            codec = self.model.codecs["image"]
+            self._blank = codec.encode_items(torch.zeros(1, 3, *codec.image_size))[0]
+        length = self._length(self.model.row("qa", self._blank, question=question, modality="image"))
+        if length + self.settings.max_new_tokens > self.model.config.max_length:
+            raise ServeError(400, f"the image and question take {length} positions, and the answer up to "
+                                  f"{self.settings.max_new_tokens}: beyond the model's {self.model.config.max_length}; "
+                                  "shorten the question", "sequence_too_long")
+        return question
+
+    def _length(self, row) -> int:
+        try:
+            return self.model.builder.build([row]).text_ids.shape[1]
+        except ValueError as e:  # text the tokenizer or a template refuses
+            raise ServeError(400, str(e), "invalid_request") from None
 
     def image_job(self, req: ImageRequest, on_preview=None) -> Job:
         if req.n > self.settings.max_n:
@@ -219,13 +244,9 @@ def create_app(model, settings: ServeSettings | None = None, name: str = "model"
     async def answers(file: Annotated[UploadFile, File(description="an image file")],
                       question: Annotated[str, Form(description="a question about the image")]) -> TextResponse:
         """The model's answer to a question about an uploaded image."""
-        deadline, question = service.deadline(), question.strip()
-        if not question:
-            raise ServeError(400, "question is empty", "empty_question")
-        if len(question) > settings.max_question_chars:
-            raise ServeError(400, f"question has {len(question)} characters; at most "
-                                  f"{settings.max_question_chars}", "question_too_long")
-        item = await service.upload(file)
+        deadline = service.deadline()
+        item = await service.upload(file)  # first: it says whether the model reads images at all
+        question = service.check_question(question)
         return TextResponse(text=(await service.describe([item], deadline, [question]))[0])
 
     @api.post("/videos/generations", response_model=VideoResponse, tags=["video"])

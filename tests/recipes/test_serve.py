@@ -118,6 +118,7 @@ BAD_JSON = [
     ({"prompt": "   "}, 400, "empty_prompt"),
     ({"prompt": "x" * 5000}, 400, "prompt_too_long"),
     ({"prompt": "a" * 290}, 400, "sequence_too_long"),  # within the characters, beyond the model's positions
+    ({"prompt": "\u2603" * 200}, 400, "sequence_too_long"),  # few characters, many byte tokens
     ({"prompt": PROMPT, "n": 0}, 400, "invalid_request"),
     ({"prompt": PROMPT, "n": 1000}, 400, "n_too_large"),
     ({"prompt": PROMPT, "response_format": "url"}, 400, "invalid_request"),
@@ -162,6 +163,9 @@ def test_captions_and_answers_of_uploads(client, model):
     assert r.status_code == 200 and r.json()["text"]
     r = client.post("/v1/images/answers", files={"file": ("red.png", png, "image/png")}, data={"question": " "})
     assert r.status_code == 400 and r.json()["error"]["code"] == "empty_question"
+    r = client.post("/v1/images/answers", files={"file": ("red.png", png, "image/png")},
+                    data={"question": "\u2603" * 150})  # would overflow the model's sequence in the worker
+    assert r.status_code == 400 and r.json()["error"]["code"] == "sequence_too_long"
     r = client.post("/v1/videos/generations", json={"prompt": PROMPT})  # an image-only model
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_modality"
 
