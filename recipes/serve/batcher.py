@@ -138,9 +138,16 @@ class Batcher:
         while (batch := self._next_batch()) is not None:
             try:
                 results = self._run(batch)
-            except Exception as e:  # one bad batch fails its requests, not the server
+            except Exception as e:
+                if len(batch) == 1:  # a failure fails its request, not the server
+                    batch[0].future.set_exception(e)
+                    continue
+                # one request that slipped past validation must not fail the others: each runs alone
                 for job in batch:
-                    job.future.set_exception(e)
+                    try:
+                        job.future.set_result(self._run([job])[0])
+                    except Exception as e_job:
+                        job.future.set_exception(e_job)
                 continue
             for job, result in zip(batch, results, strict=True):
                 job.future.set_result(result)

@@ -311,3 +311,24 @@ def test_video_clips_as_gif_and_mp4():
         assert base64.b64decode(mp4["b64"])[4:8] == b"ftyp"
         r = c.post("/v1/videos/generations", json={**body, "frames": 500})
         assert r.status_code == 400 and r.json()["error"]["code"] == "sequence_too_long"
+
+
+def test_one_failing_request_does_not_fail_its_batch():
+    from recipes.serve.batcher import Batcher, ImageKey, Job
+
+    class Model:  # refuses any batch holding the prompt "bad"
+        def generate(self, prompts, seed, **kwargs):
+            if "bad" in prompts:
+                raise ValueError("bad prompt")
+            return torch.tensor(seed, dtype=torch.float32)[:, None]
+
+    batcher = Batcher(Model(), max_batch=3, max_wait_ms=60_000)  # the three run as one batch, then alone
+    try:
+        jobs = [Job(ImageKey("image", 1, None), [(p, s)]) for p, s in (("good", 1), ("bad", 2), ("good", 3))]
+        futures = [batcher.submit(j) for j in jobs]
+        assert futures[0].result(60)[0].item() == 1 and futures[2].result(60)[0].item() == 3
+        with pytest.raises(ValueError, match="bad prompt"):
+            futures[1].result(60)
+        assert batcher.stats.calls == 2  # the two good ones alone (the failed batch is not counted)
+    finally:
+        batcher.close()
