@@ -2,7 +2,7 @@
 (one image each) for a bounded time, against a server that batches dynamically and against one that runs
 one request at a time, in the same run. Reports images/s, p50/p95 latency and errors per mode.
 
-    python benchmarks/bench_serve.py --clients 32 --duration 25 [--model DIR] [--out results.json]
+    python benchmarks/bench_serve.py --clients 64 --duration 25 [--model DIR] [--out results.json]
 
 Each mode starts its own server process (`hart-unified serve` on 127.0.0.1 and a free port), waits for
 /health, warms up, runs, and stops it. Traffic goes to 127.0.0.1 only; clients and time are bounded.
@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 HOST = "127.0.0.1"  # loopback only, by design
+REPO = Path(__file__).resolve().parents[1]
 MAX_CLIENTS, MAX_DURATION = 256, 300.0
 PROMPTS = ["a red circle in the top left", "a blue square in the center", "a green triangle at the bottom",
            "the digit 3", "the digit 7", "a yellow circle in the top right and a purple square at the bottom"]
@@ -44,7 +45,7 @@ def start_server(args: argparse.Namespace, max_batch: int, max_wait_ms: float) -
         cmd += ["--model", args.model]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(cmd, cwd=REPO)
     url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -128,7 +129,8 @@ def run_mode(args: argparse.Namespace, name: str, max_batch: int, max_wait_ms: f
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model folder (default: the shipped default model)")
-    p.add_argument("--clients", type=int, default=32, help=f"concurrent clients (1..{MAX_CLIENTS}; default 32)")
+    # twice the batch: while one batch runs, the next one's requests are already waiting
+    p.add_argument("--clients", type=int, default=64, help=f"concurrent clients (1..{MAX_CLIENTS}; default 64)")
     p.add_argument("--duration", type=float, default=25.0, help=f"seconds per mode (at most {MAX_DURATION:g})")
     p.add_argument("--warmup", type=int, default=8, help="requests before timing (default 8)")
     p.add_argument("--max-batch", type=int, default=32, help="the batched server's --max-batch (default 32)")
@@ -138,15 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS or not 0 < args.duration <= MAX_DURATION:
         p.error(f"--clients must be in 1..{MAX_CLIENTS} and --duration in (0, {MAX_DURATION:g}]")
-    print(f"{args.clients} clients, {args.duration:g} s per mode, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs", flush=True)
+    sys.path.insert(0, str(REPO))
+    from recipes.machine import cpu_model
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": commit.strip(),
+            "machine": f"{cpu_model()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
+            "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    print(f"{meta['date']}, commit {meta['commit']}, {meta['machine']}; {args.clients} clients, "
+          f"{args.duration:g} s per mode", flush=True)
     results = [run_mode(args, "one-at-a-time", 1, 0.0),
                run_mode(args, "batched", args.max_batch, args.max_wait_ms)]
     speedup = results[1]["images_per_s"] / max(results[0]["images_per_s"], 1e-9)
     print(f"batched / one-at-a-time: {speedup:.2f}x images/s")
     if args.out:
-        Path(args.out).write_text(json.dumps({"clients": args.clients, "duration": args.duration, "modes": results,
-                                              "speedup": round(speedup, 2)}, indent=1) + "\n")
+        report = {**meta, "clients": args.clients, "duration": args.duration, "modes": results,
+                  "speedup": round(speedup, 2)}
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 
