@@ -220,10 +220,15 @@ class TokenizerTask:
 
     @torch.no_grad()
     def after_step(self, model: HARTTokenizer, step: int, generator: torch.Generator) -> dict:
-        """Every `restart_dead_codes_every` steps, codes no rank used since the last restart become
-        jittered copies of used ones (chosen in proportion to use), so the codebook keeps splitting
-        its busiest codes instead of collapsing. Same hits and generator on every rank -> same result."""
-        if not self.restart_every or (step + 1) % self.restart_every or self.hits is None:
+        """Every `restart_dead_codes_every` steps, codes no rank used since the last restart (or the last
+        checkpoint) become jittered copies of used ones (chosen in proportion to use), so the codebook keeps
+        splitting its busiest codes instead of collapsing. Same hits and generator on every rank -> same result.
+        Counting starts again at every checkpoint, as a run resumed from it does: same codebook either way."""
+        if not self.restart_every or self.hits is None:
+            return {}
+        if (step + 1) % self.restart_every:
+            if (step + 1) % self.cfg.save_every == 0:
+                self.hits = None
             return {}
         import torch.distributed as dist
 
