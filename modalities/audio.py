@@ -4,8 +4,8 @@ rates), with the continuous residual on the finest scale.
 
 The networks work at the latent rate (one STFT frame per latent position): the encoder reads each frame's log
 magnitude and phase, the decoder writes a log magnitude and a phase per bin and the inverse STFT makes the
-waveform (Vocos's back end). Convolutions over raw samples (EnCodec, DAC) reconstruct better when trained for
-days; this one learns pitch-accurate tones in minutes on a CPU, at a tenth of the compute per step.
+waveform (Vocos's back end). Convolutions over raw samples (EnCodec, DAC) are the usual choice but train for
+days; this one learns pitch-accurate tones in minutes on a CPU, at about a tenth of the compute per step.
 
 A clip is cut into chunks of `chunk` samples; each chunk is one segment, coded and decoded on its own, so
 a chunk's tokens mean the same wherever it stands and a model can write audio chunk after chunk.
