@@ -36,7 +36,10 @@ class Service:
     def __init__(self, model, settings: ServeSettings, name: str):
         self.model, self.settings, self.name = model, settings, name
         self.batcher = Batcher(model, settings.max_batch, settings.max_wait_ms, settings.max_queue)
-        self._blank = None  # an image's tokens, to measure questions with
+        self._blank = None
+        if "image" in model.codecs:  # an image's tokens, to measure questions with (any image takes as many)
+            codec = model.codecs["image"]
+            self._blank = codec.encode_items(torch.zeros(1, 3, *codec.image_size))[0]
 
     def deadline(self) -> float:
         return time.monotonic() + self.settings.request_timeout_s
@@ -70,9 +73,6 @@ class Service:
         if len(question) > self.settings.max_question_chars:
             raise ServeError(400, f"question has {len(question)} characters; at most "
                                   f"{self.settings.max_question_chars}", "question_too_long")
-        if self._blank is None:  # any image's tokens take the same positions
-            codec = self.model.codecs["image"]
-            self._blank = codec.encode_items(torch.zeros(1, 3, *codec.image_size))[0]
         length = self._length(self.model.row("qa", self._blank, question=question, modality="image"))
         if length + self.settings.max_new_tokens > self.model.config.max_length:
             raise ServeError(400, f"the image and question take {length} positions, and the answer up to "
@@ -118,12 +118,7 @@ class Service:
 
     async def describe(self, items: list, deadline: float, questions: list[str] | None = None,
                        modality: str = "image") -> list[str]:
-        """Captions (or answers) of PIL images, or of generated images [3, H, W] in [0, 1], which are read as
-        the PNGs the client gets (the codec reads float tensors as [-1, 1], not [0, 1])."""
-        if items and isinstance(items[0], torch.Tensor):
-            from modalities import ImageCodec
-
-            items = ImageCodec.to_pil(torch.stack(items))
+        """Captions (or answers) of PIL images: uploads, or generated images as the PNGs the client gets."""
         key = DescribeKey(modality, self.settings.max_new_tokens, questions is not None)
         return await self.run(Job(key, [(it, None if questions is None else questions[i])
                                         for i, it in enumerate(items)]), deadline)

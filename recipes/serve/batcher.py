@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-# on_preview(scale, num_scales, previews [rows of this job, 3, H, W]), called on the worker thread
-PreviewFn = Callable[[int, int, torch.Tensor], None]
+# on_preview(scale, num_scales, previews: PIL images of this job's rows), called on the worker thread
+PreviewFn = Callable[[int, int, list], None]
 
 
 class QueueFull(Exception):
@@ -46,7 +46,9 @@ class DescribeKey:
 @dataclass
 class Job:
     key: Hashable
-    rows: list[Any]  # ImageKey: (prompt, seed) per row; DescribeKey: (item, question or None) per row
+    # ImageKey: (prompt, seed) per row, giving PIL images (one segment) or clips [T, 3, H, W] in [0, 1];
+    # DescribeKey: (item, question or None) per row, giving texts
+    rows: list[Any]
     on_preview: PreviewFn | None = None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     arrived: float = field(default_factory=time.monotonic)
@@ -173,15 +175,20 @@ class Batcher:
         return [list(out[a:b]) for a, b in zip(starts, starts[1:], strict=False)]
 
     def _generate(self, key: ImageKey, batch: list[Job], rows: Sequence[tuple[str, int]], starts: list[int]):
+        from modalities import ImageCodec
+
+        # pixels are quantised here, on the worker: torch called from the event loop's thread as well would
+        # start a second pool of threads fighting this one for the cores
         callback = None
         if any(job.on_preview for job in batch):
             def callback(scale: int, num_scales: int, preview: torch.Tensor) -> None:
-                preview = preview.cpu()
+                preview = ImageCodec.to_pil(preview.cpu())
                 for job, a, b in zip(batch, starts, starts[1:], strict=False):
                     if job.on_preview is not None:
                         try:
                             job.on_preview(scale, num_scales, preview[a:b])
                         except Exception:  # a client gone mid-stream must not fail the others' batch
                             job.on_preview = None
-        return self.model.generate([p for p, _ in rows], modality=key.modality, segments=key.segments,
-                                   cfg=key.cfg, seed=[s for _, s in rows], callback=callback).cpu()
+        out = self.model.generate([p for p, _ in rows], modality=key.modality, segments=key.segments,
+                                  cfg=key.cfg, seed=[s for _, s in rows], callback=callback).cpu()
+        return ImageCodec.to_pil(out) if key.segments == 1 else out

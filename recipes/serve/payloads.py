@@ -17,12 +17,10 @@ from ..media import read_images
 from .settings import ServeError
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
-    """One image [3, H, W] in [0, 1] as PNG bytes, quantised as the CLI's files are."""
-    from modalities import ImageCodec
-
+def png_bytes(image: Image.Image) -> bytes:
+    """A PIL image (as the batcher quantises them, the CLI's way) as PNG bytes."""
     buf = io.BytesIO()
-    ImageCodec.to_pil(image[None].float())[0].save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 

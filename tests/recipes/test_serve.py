@@ -320,13 +320,14 @@ def test_one_failing_request_does_not_fail_its_batch():
         def generate(self, prompts, seed, **kwargs):
             if "bad" in prompts:
                 raise ValueError("bad prompt")
-            return torch.tensor(seed, dtype=torch.float32)[:, None]
+            return torch.tensor(seed, dtype=torch.float32)[:, None, None, None].expand(-1, 3, 2, 2) / 10
 
     batcher = Batcher(Model(), max_batch=3, max_wait_ms=60_000)  # the three run as one batch, then alone
     try:
         jobs = [Job(ImageKey("image", 1, None), [(p, s)]) for p, s in (("good", 1), ("bad", 2), ("good", 3))]
         futures = [batcher.submit(j) for j in jobs]
-        assert futures[0].result(60)[0].item() == 1 and futures[2].result(60)[0].item() == 3
+        assert futures[0].result(60)[0].getpixel((0, 0)) == (26, 26, 26)  # 0.1 of 255
+        assert futures[2].result(60)[0].getpixel((0, 0)) == (76, 76, 76)
         with pytest.raises(ValueError, match="bad prompt"):
             futures[1].result(60)
         assert batcher.stats.calls == 2  # the two good ones alone (the failed batch is not counted)
