@@ -18,13 +18,14 @@ from __future__ import annotations
 import io
 import math
 import os
-import uuid
 import wave
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_write
 
 BACKENDS = ("torchaudio", "soundfile")  # in order of preference
 WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
@@ -173,8 +174,8 @@ def save_audio(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_
         raise ValueError(f"sample rate must be positive, got {sample_rate}")
     wave = wave.clamp(-1, 1)
     which = _pick(backend)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
+
+    def write(tmp: Path) -> None:
         if which == "torchaudio":
             import torchaudio
 
@@ -184,10 +185,5 @@ def save_audio(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_
 
             subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
             soundfile.write(os.fspath(tmp), wave.T.numpy(), int(sample_rate), format=fmt, subtype=subtype)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write)

@@ -5,11 +5,12 @@ a crash never leaves a half-written clip under the final name."""
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_write
 
 
 def as_uint8_frames(frames: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -41,8 +42,8 @@ def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, fps:
         raise ValueError(f"fps must be positive, got {fps}")
     data = as_uint8_frames(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
-    try:
+
+    def write(tmp: Path) -> None:
         if suffix == ".gif":
             from PIL import Image
 
@@ -50,11 +51,8 @@ def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, fps:
             images[0].save(tmp, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
         else:
             _write_mp4(tmp, data, fps, crf, full_chroma)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write)
 
 
 def _write_mp4(path: Path, data: np.ndarray, fps: float, crf: int, full_chroma: bool) -> None:

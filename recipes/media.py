@@ -4,13 +4,14 @@ videos through decord), and written atomically where a partial file could be mis
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from modalities.files import atomic_write  # noqa: F401  (the one atomic writer; commands import it from here)
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -91,21 +92,6 @@ def check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise ValueError(f"cannot write to {out.parent}: {e.strerror or e}") from None
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """`write(tmp)` to a temporary file beside `path`, then rename it over `path`: a failure (a full disk)
-    leaves no half-written file under the final name, and is one line (ValueError)."""
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def write_prompts(out: Path, prompts: list[str]) -> None:

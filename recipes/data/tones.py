@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from .shapes import SPLITS
+from .shapes import SPLITS, _check_split
 from .shards import write_shards
 
 SAMPLE_RATE = 8000
@@ -170,11 +170,6 @@ class ToneWorld:
             return {"__key__": s["key"], "wav": buf.getvalue(), "txt": s["caption"], "json": json.dumps(meta)}
 
         return write_shards(folder, f"tones-{split}", range(n), per_shard, record)
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 def main(argv: list[str] | None = None) -> None:

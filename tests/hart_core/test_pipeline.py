@@ -109,7 +109,8 @@ def test_no_text_encoder(pipe):
 def test_save_pretrained_round_trip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "conv")
     for sub in ("transformer", "tokenizer"):
-        assert sorted(p.name for p in (tmp_path / "conv" / sub).iterdir()) == ["config.json", "model.safetensors", "weights.sha256"]
+        assert sorted(p.name for p in (tmp_path / "conv" / sub).iterdir()) == [
+            "config.json", "model.safetensors", "weights.sha256"]
     loaded = HARTPipeline.from_pretrained(tmp_path / "conv", pipe.text_encoder)
     assert loaded.transformer.config == pipe.transformer.config
     assert torch.equal(_run(loaded, seed=5), _run(pipe, seed=5))
