@@ -146,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": commit.strip(),
             "machine": f"{cpu_model()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
-            "command": " ".join([Path(sys.executable).name, *sys.argv])}
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            # the servers inherit it: with other busy processes on the cores, PASSIVE keeps torch's idle
+            # OpenMP threads from spinning against them
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)")}
     print(f"{meta['date']}, commit {meta['commit']}, {meta['machine']}; {args.clients} clients, "
-          f"{args.duration:g} s per mode", flush=True)
+          f"{args.duration:g} s per mode, OMP_WAIT_POLICY {meta['OMP_WAIT_POLICY']}", flush=True)
     results = [run_mode(args, "one-at-a-time", 1, 0.0),
                run_mode(args, "batched", args.max_batch, args.max_wait_ms)]
     speedup = results[1]["images_per_s"] / max(results[0]["images_per_s"], 1e-9)
