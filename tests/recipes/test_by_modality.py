@@ -1,6 +1,6 @@
 """Recipes by modality: codecs named in the recipe, data decoders registered by field, token-cache keys
 from the raw bytes, evaluation suites in a registry, `generate --modality`. A second modality is a toy
-1-D latent codec ("audio", 3 segments an item) next to the image codec."""
+1-D latent codec ("depth", 3 segments an item) next to the image codec."""
 
 from __future__ import annotations
 
@@ -35,21 +35,21 @@ def npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def audio_latent(n: int, segments: int = 3) -> np.ndarray:
+def depth_latent(n: int, segments: int = 3) -> np.ndarray:
     """A toy [segments, C=8, 4] latent: segment s+1 is segment s shifted."""
     base = np.random.default_rng(n).standard_normal((8, 4)).astype(np.float32)
     return np.stack([np.roll(base, s, axis=1) for s in range(segments)])
 
 
 def raw_samples() -> list[dict]:
-    """Shape images and audio latents, each with a caption; one sample holds both."""
+    """Shape images and depth latents, each with a caption; one sample holds both."""
     out = []
     for i, (colour, shape) in enumerate([("red", "circle"), ("blue", "square"), ("green", "circle")]):
         out.append({"__key__": f"img{i}", "png": shape_png(colour, shape), "txt": f"a {colour} {shape}".encode()})
     for i in range(3):
-        out.append({"__key__": f"aud{i}", "audio.npy": npy(audio_latent(i)), "txt": f"a hum in {i}".encode(),
+        out.append({"__key__": f"dep{i}", "depth.npy": npy(depth_latent(i)), "txt": f"a depth map of {i}".encode(),
                     "json": json.dumps({"question": "how loud", "answer": "soft"}).encode()})
-    out.append({"__key__": "both", "png": shape_png("red", "square"), "audio.npy": npy(audio_latent(9)),
+    out.append({"__key__": "both", "png": shape_png("red", "square"), "depth.npy": npy(depth_latent(9)),
                 "txt": b"a red square"})
     return out
 
@@ -71,22 +71,22 @@ def test_legacy_codec_and_head_mean_an_image_codec():
 
 def test_named_codecs_and_their_errors():
     specs = codec_specs({"default_top_k": 5, "codecs": {"image": "debug",
-                                                        "audio": {"codec": "debug", "head": {"default_top_k": 2}}}})
+                                                        "depth": {"codec": "debug", "head": {"default_top_k": 2}}}})
     assert [(s.modality, s.codec, s.head) for s in specs] == [("image", "debug", {"default_top_k": 5}),
-                                                              ("audio", "debug", {"default_top_k": 2})]
+                                                              ("depth", "debug", {"default_top_k": 2})]
     with pytest.raises(ValueError, match="replaces model.codec"):
         codec_specs({"codec": "debug", "codecs": {"image": "debug"}})
     with pytest.raises(ValueError, match="unknown keys"):
-        codec_specs({"codecs": {"audio": {"codec": "debug", "heads": {}}}})
+        codec_specs({"codecs": {"depth": {"codec": "debug", "heads": {}}}})
     with pytest.raises(ValueError, match="codec spec"):
-        codec_specs({"codecs": {"audio": {"head": {}}}})
+        codec_specs({"codecs": {"depth": {"head": {}}}})
 
 
 def test_an_old_run_keeps_its_artifacts_codec_folder(tmp_path):
     assert codec_folder(tmp_path, "image") == tmp_path / "codecs" / "image"
     modalities.debug_image_codec().save_pretrained(tmp_path / "codec")  # a run from before named codecs
     assert codec_folder(tmp_path, "image") == tmp_path / "codec"
-    assert codec_folder(tmp_path, "audio") == tmp_path / "codecs" / "audio"
+    assert codec_folder(tmp_path, "depth") == tmp_path / "codecs" / "depth"
 
 
 # -------------------------------------------------------------------------------------- data decoders
@@ -97,19 +97,19 @@ def test_decoders_by_field_put_each_item_under_its_modality():
     image_only = decode_sample(raw[0], 16)
     assert isinstance(image_only["image"], Image.Image) and set(image_only["digests"]) == {"image"}
     # NAME.npy decodes for a modality the caller asks for: a float tensor, segments first
-    both = decode_sample(raw[-1], 16, modalities=("audio", "image"))
-    assert both["audio"].shape == (3, 8, 4) and both["audio"].dtype == torch.float32
-    assert sample_modality(both, ("audio", "image")) == "audio" and sample_modality(both, ("image", "audio")) == "image"
-    assert "audio" not in decode_sample(raw[-1], 16)  # not asked for: not decoded
+    both = decode_sample(raw[-1], 16, modalities=("depth", "image"))
+    assert both["depth"].shape == (3, 8, 4) and both["depth"].dtype == torch.float32
+    assert sample_modality(both, ("depth", "image")) == "depth" and sample_modality(both, ("image", "depth")) == "image"
+    assert "depth" not in decode_sample(raw[-1], 16)  # not asked for: not decoded
     with pytest.raises(BadSample, match="missing image"):
         decode_sample(raw[3], 16)
-    with pytest.raises(BadSample, match="missing image or audio"):
-        decode_sample({"__key__": "k", "txt": b"c"}, 16, modalities=("image", "audio"))
+    with pytest.raises(BadSample, match="missing image or depth"):
+        decode_sample({"__key__": "k", "txt": b"c"}, 16, modalities=("image", "depth"))
     with pytest.raises(BadSample, match="undecodable array"):
-        decode_sample({"__key__": "k", "audio.npy": b"nope", "txt": b"c"}, 16, modalities=("audio",))
+        decode_sample({"__key__": "k", "depth.npy": b"nope", "txt": b"c"}, 16, modalities=("depth",))
     with pytest.raises(BadSample, match="expected floats"):
-        decode_sample({"__key__": "k", "audio.npy": npy(np.arange(6).reshape(2, 3)), "txt": b"c"}, 16,
-                      modalities=("audio",))
+        decode_sample({"__key__": "k", "depth.npy": npy(np.arange(6).reshape(2, 3)), "txt": b"c"}, 16,
+                      modalities=("depth",))
 
 
 def test_a_new_decoder_is_one_registration():
@@ -131,8 +131,8 @@ def test_a_new_decoder_is_one_registration():
 def test_token_cache_of_a_multi_segment_modality(tmp_path):
     codec = modalities.debug_latent_codec(grids=((1,), (2,), (4,)), dim=8)
     raws = raw_samples()
-    samples = [decode_sample(r, 16, modalities=("audio",)) for r in raws[3:]]
-    items, digests = [s["audio"] for s in samples], [s["digests"]["audio"] for s in samples]
+    samples = [decode_sample(r, 16, modalities=("depth",)) for r in raws[3:]]
+    items, digests = [s["depth"] for s in samples], [s["digests"]["depth"] for s in samples]
     direct = [codec.encode(x) for x in items]
     cache = TokenCache(tmp_path, codec)
     for _ in range(2):
@@ -151,25 +151,25 @@ def test_token_cache_of_a_multi_segment_modality(tmp_path):
 
 
 @needs_latent
-def test_a_recipe_with_an_image_and_an_audio_codec(tmp_path):
+def test_a_recipe_with_an_image_and_a_depth_codec(tmp_path):
     cfg = TrainConfig(task_weights={"t2i": 1.0, "caption": 1.0, "qa": 1.0}, image_size=16, model={
-        "codecs": {"image": "debug", "audio": {"codec": "debug", "head": {"diff_width": 16, "diff_depth": 1}}},
+        "codecs": {"image": "debug", "depth": {"codec": "debug", "head": {"diff_width": 16, "diff_depth": 1}}},
         "backbone": BACKBONE, "text_vocab_size": 300, "max_length": 256})
     task = UnifiedTask(cfg, tmp_path)
-    assert task.modalities == ("image", "audio")
+    assert task.modalities == ("image", "depth")
     raws = raw_samples()
     task.prepare(lambda: [decode_sample(r, 16, modalities=task.modalities) for r in raws])
-    assert sorted(p.name for p in (tmp_path / "codecs").iterdir()) == ["audio", "image"]
+    assert sorted(p.name for p in (tmp_path / "codecs").iterdir()) == ["depth", "image"]
     torch.manual_seed(0)
     model = task.build()
-    assert {"<boa>", "<eoa>", "<boi>", "<eoi>"} <= set(model.text.specials)
-    assert model.config.head("audio").diff_width == 16 and model.config.head("image").diff_width == 256
-    assert set(task.rebuild().codecs) == {"image", "audio"}
+    assert {"<bo:depth>", "<eo:depth>", "<boi>", "<eoi>"} <= set(model.text.specials)
+    assert model.config.head("depth").diff_width == 16 and model.config.head("image").diff_width == 256
+    assert set(task.rebuild().codecs) == {"image", "depth"}
 
     samples = [decode_sample(r, 16, modalities=task.modalities) for r in raws]
     g = torch.Generator().manual_seed(0)
     examples = task.examples(model, samples, g)
-    assert [e.modality for e in examples] == ["image"] * 3 + ["audio"] * 3 + ["image"]
+    assert [e.modality for e in examples] == ["image"] * 3 + ["depth"] * 3 + ["image"]
     assert [e.tokens.batch_size for e in examples] == [1] * 3 + [3] * 3 + [1]
     loss, metrics, tokens = task.loss(model, samples, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and tokens > 0
@@ -186,29 +186,29 @@ def test_a_recipe_with_an_image_and_an_audio_codec(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def audio_model_dir(tmp_path_factory):
+def depth_model_dir(tmp_path_factory):
     if not hasattr(modalities, "debug_latent_codec"):
         pytest.skip("modalities.debug_latent_codec is not there yet")
     from unified import HeadConfig, UnifiedModel
 
     text = modalities.TextTokenizer.train(["a hum", "a buzz", "a click"] * 4, vocab_size=300,
-                                          specials=modalities.specials_for(["audio"]))
+                                          specials=modalities.specials_for(["depth"]))
     torch.manual_seed(0)
-    model = UnifiedModel.build(text, {"audio": modalities.debug_latent_codec(name="audio")},
+    model = UnifiedModel.build(text, {"depth": modalities.debug_latent_codec(name="depth")},
                                {**BACKBONE, "vocab_size": text.vocab_size},
-                               heads=[HeadConfig(modality="audio", diff_width=16, diff_depth=1)], max_length=256)
-    folder = tmp_path_factory.mktemp("audio") / "model"
+                               heads=[HeadConfig(modality="depth", diff_width=16, diff_depth=1)], max_length=256)
+    folder = tmp_path_factory.mktemp("depth") / "model"
     model.save_pretrained(folder)
     return folder
 
 
-def test_eval_suites_registry(audio_model_dir, capsys):
+def test_eval_suites_registry(depth_model_dir, capsys):
     from recipes.eval.evaluate import EVAL_SUITES, applicable_suites, choose_suites, evaluate, register_suite
     from recipes.eval.evaluate import table as eval_table
     from unified import UnifiedModel
 
     assert list(EVAL_SUITES)[:3] == ["shapes", "digits", "speed"]
-    model = UnifiedModel.from_pretrained(audio_model_dir)
+    model = UnifiedModel.from_pretrained(depth_model_dir)
     assert applicable_suites(model) == []  # the image suites need images, moving_shapes needs video
     assert EVAL_SUITES["moving_shapes"].modalities == ("video",)
     with pytest.raises(ValueError, match="needs a model with image"):
@@ -217,10 +217,10 @@ def test_eval_suites_registry(audio_model_dir, capsys):
         choose_suites(model, ["nope"])
 
     def hums(model, ctx):
-        out = model.generate(["a hum"] * ctx.n, modality="audio", segments=3, seed=ctx.seed)
+        out = model.generate(["a hum"] * ctx.n, modality="depth", segments=3, seed=ctx.seed)
         return {"hums": {"shape": list(out.shape)}}
 
-    register_suite("test_hums", modalities=("audio",),
+    register_suite("test_hums", modalities=("depth",),
                    table=lambda r, which: [("hum tensor", str(r["hums"]["shape"]))])(hums)
     try:
         assert "test_hums" in applicable_suites(model)
@@ -232,15 +232,15 @@ def test_eval_suites_registry(audio_model_dir, capsys):
         EVAL_SUITES.pop("test_hums")
 
 
-def test_generate_a_modality_without_a_writer_is_one_error_line(audio_model_dir, tmp_path, capsys):
+def test_generate_a_modality_without_a_writer_is_one_error_line(depth_model_dir, tmp_path, capsys):
     from recipes.cli import main
 
-    assert main(["generate", "--model", str(audio_model_dir), "--modality", "audio", "--segments", "3",
+    assert main(["generate", "--model", str(depth_model_dir), "--modality", "depth", "--segments", "3",
                  "--prompt", "a hum", "--out", str(tmp_path / "x.wav")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: no writer for 'audio'"), err
+    assert len(err) == 1 and err[0].startswith("error: no writer for 'depth'"), err
     (tmp_path / "x.png").write_bytes(shape_png("red", "circle"))
-    assert main(["caption", "--model", str(audio_model_dir), str(tmp_path / "x.png")]) == 2
+    assert main(["caption", "--model", str(depth_model_dir), str(tmp_path / "x.png")]) == 2
     assert "no image codec" in capsys.readouterr().err
-    assert main(["eval", "--model", str(audio_model_dir), "--suite", "shapes", "--quiet"]) == 2
+    assert main(["eval", "--model", str(depth_model_dir), "--suite", "shapes", "--quiet"]) == 2
     assert "needs a model with image" in capsys.readouterr().err
