@@ -70,3 +70,31 @@ def test_unified_recipe_on_wav_shards(tmp_path, shards, codec_run):
     assert model.continue_audio(wave[: 2 * codec.chunk], 0.2, seed=0).shape == (1, 4 * codec.chunk)
     assert model.generate_audio(["a rising scale on a sine wave, fast"], 0.256, seed=0).shape == (1, 2 * codec.chunk)
     assert isinstance(model.describe([wave], modality="audio", max_new_tokens=8)[0], str)
+
+
+def test_the_shipped_audio_model_hears_and_continues_tones():
+    """The shipped Tone World model: its codec hears the notes of unseen melodies, it names what plays, and its
+    continuation is a real one (more right notes than a melody a tone off would get: none)."""
+    import numpy as np
+
+    from recipes.cli import DEFAULT_AUDIO_MODEL
+    from recipes.eval.tone_judge import judge_continuation, notes_on_grid
+    from unified import UnifiedModel
+
+    model = UnifiedModel.from_pretrained(DEFAULT_AUDIO_MODEL)
+    codec = model.codecs["audio"]
+    assert set(model.codecs) == {"audio"} and codec.sample_rate == 8000 and codec.chunk == 4096
+    world = ToneWorld(seed=2024)
+    clips = [world.sample(i) for i in range(4)]
+    waves = [torch.from_numpy(s["audio"]) for s in clips]
+    for s, w in zip(clips, waves, strict=True):
+        heard = notes_on_grid(codec.join(codec.decode(codec.encode(w))).numpy(), 8000, s["note_seconds"])
+        assert np.mean([h is not None and abs(h - n) < 0.5 for h, n in zip(heard, s["notes"], strict=True)]) >= 0.9
+    captions = model.describe(waves, modality="audio", max_new_tokens=24)
+    assert sum(c == s["caption"] for c, s in zip(captions, clips, strict=True)) >= 3, captions
+    continued = model.continue_audio(torch.stack([w[: 2 * codec.chunk] for w in waves]), 2 * codec.chunk_seconds,
+                                     seed=0)
+    assert continued.shape == (4, 4 * codec.chunk)
+    accuracy = [judge_continuation(a.numpy(), s, 2 * codec.chunk_seconds, 8000)["note_accuracy"]
+                for a, s in zip(continued, clips, strict=True)]
+    assert np.mean(accuracy) > 0.25, accuracy
