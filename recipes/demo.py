@@ -43,7 +43,8 @@ def image_rows(model, out: Path, prompts: list[str], cfg: float | None, seed: in
 
     steps: list[torch.Tensor] = []
     images = model.generate_image(prompts, cfg=cfg, seed=seed, callback=lambda k, n, img: steps.append(img.cpu()))
-    captions = model.describe(images, modality="image", max_new_tokens=24)
+    # the model reads back the PNGs it wrote (the image codec reads float tensors as [-1, 1], not as images)
+    captions = model.describe(ImageCodec.to_pil(images.cpu()), modality="image", max_new_tokens=24)
     rows = []
     for i, (prompt, caption) in enumerate(zip(prompts, captions, strict=True)):
         ImageCodec.to_pil(_zoom(images[i : i + 1].cpu()))[0].save(out / f"{i:02d}.png")

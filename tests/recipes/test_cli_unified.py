@@ -125,3 +125,23 @@ def test_the_shipped_default_model_runs(tmp_path, image_file, capsys):
     assert main(["generate", "--prompt", "a red circle in the top left", "--out", str(tmp_path / "g.png"),
                  "--quiet"]) == 0
     assert Image.open(tmp_path / "g.png").size == (32, 32)
+
+
+def test_demo_captions_the_images_it_shows(tmp_path, model_dir):
+    """The caption beside each demo image is the model's caption of that very PNG (the images were once passed
+    as [0, 1] floats, which the image codec reads as [-1, 1]: washed-out pictures were captioned)."""
+    import html
+
+    from recipes.demo import ZOOM
+    from unified import UnifiedModel
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(model_dir), "--out", str(out), "--prompt", "a red circle",
+                 "--prompt", "a blue square"]) == 0
+    model = UnifiedModel.from_pretrained(model_dir)
+    page = (out / "index.html").read_text()
+    for i in range(2):
+        shown = Image.open(out / f"{i:02d}.png")
+        small = shown.resize((shown.width // ZOOM, shown.height // ZOOM), Image.Resampling.NEAREST)
+        caption = model.describe([small], modality="image", max_new_tokens=24)[0]
+        assert f"<td>{html.escape(caption)}</td></tr>" in page
