@@ -29,7 +29,7 @@ def main() -> None:
     model = UnifiedModel.from_pretrained(folder).eval()
     steps: list[torch.Tensor] = []
     images = model.generate_image(PROMPTS, seed=0, callback=lambda k, n, img: steps.append(img))
-    captions = model.caption(images, max_new_tokens=40)
+    captions = model.caption(ImageCodec.to_pil(images), max_new_tokens=40)  # the images as shown (PNG pixels)
     label_h, cell = 52, 32 * 4
     K = len(steps)
     sheet = Image.new("RGB", (cell * K + 8, (cell + label_h) * len(PROMPTS)), "white")
