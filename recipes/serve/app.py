@@ -22,8 +22,18 @@ from fastapi.staticfiles import StaticFiles
 
 from .batcher import Batcher, DescribeKey, ImageKey, Job, QueueFull
 from .guards import BodyLimit, install_error_handlers, token_check
-from .payloads import b64, clip_bytes, png_bytes, read_upload
-from .schemas import Health, ImageData, ImageRequest, ImagesResponse, TextResponse, VideoRequest, VideoResponse
+from .payloads import b64, clip_bytes, png_bytes, read_upload, wav_bytes
+from .schemas import (
+    AudioRequest,
+    AudioResponse,
+    Health,
+    ImageData,
+    ImageRequest,
+    ImagesResponse,
+    TextResponse,
+    VideoRequest,
+    VideoResponse,
+)
 from .settings import ServeError, ServeSettings
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -253,6 +263,19 @@ def create_app(model, settings: ServeSettings | None = None, name: str = "model"
         clip = (await service.run(Job(ImageKey("video", req.frames, req.guidance), [(prompt, seed)]), deadline))[0]
         data = await asyncio.to_thread(clip_bytes, clip, req.format)
         return VideoResponse(created=int(time.time()), format=req.format, b64=b64(data), seed=seed)
+
+    @api.post("/audio/generations", response_model=AudioResponse, tags=["audio"])
+    async def audio(req: AudioRequest) -> AudioResponse:
+        """Audio for a prompt, as a base64 WAV (models with an audio head)."""
+        deadline = service.deadline()
+        codec = service.model.codecs.get("audio")
+        chunks = codec.segments_for(req.seconds) if codec is not None else 1
+        prompt = service.check_prompt(req.prompt, "audio", chunks)
+        seed = secrets.randbelow(2**31) if req.seed is None else req.seed
+        item = (await service.run(Job(ImageKey("audio", chunks, req.guidance), [(prompt, seed)]), deadline))[0]
+        data = await asyncio.to_thread(wav_bytes, codec.join(item), codec.sample_rate)
+        return AudioResponse(created=int(time.time()), format="wav", sample_rate=codec.sample_rate, b64=b64(data),
+                             seed=seed)
 
     app.include_router(api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -191,4 +191,6 @@ class Batcher:
                             job.on_preview = None
         out = self.model.generate([p for p, _ in rows], modality=key.modality, segments=key.segments,
                                   cfg=key.cfg, seed=[s for _, s in rows], callback=callback).cpu()
-        return ImageCodec.to_pil(out) if key.segments == 1 else out
+        if key.modality == "image" and key.segments == 1:
+            return ImageCodec.to_pil(out)
+        return out if key.segments > 1 else out[:, None]  # [B, segments, ...]: clips, audio chunks

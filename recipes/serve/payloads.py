@@ -38,6 +38,16 @@ def clip_bytes(clip: torch.Tensor, fmt: str, fps: float = 4.0) -> bytes:
         return path.read_bytes()
 
 
+def wav_bytes(wave: torch.Tensor, sample_rate: int) -> bytes:
+    """Mono samples [N] as 16-bit PCM WAV bytes (written by modalities' writer)."""
+    from modalities import save_audio
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "audio.wav"
+        save_audio(path, wave, sample_rate)
+        return path.read_bytes()
+
+
 def read_upload(data: bytes, size: tuple[int, int], max_pixels: int, name: str = "upload"):
     """An uploaded image file as a PIL RGB image of `size` (H, W); ServeError (4xx) when it is empty, not
     an image, or larger than `max_pixels` (known from the header, so a bomb is never decompressed)."""

@@ -51,6 +51,23 @@ class VideoResponse(BaseModel):
     seed: int
 
 
+class AudioRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str
+    seconds: float = Field(2.0, gt=0.0, le=60.0, description="length, rounded up to the model's whole chunks")
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    guidance: float | None = Field(None, ge=0.0, le=50.0)
+
+
+class AudioResponse(BaseModel):
+    created: int
+    format: str = Field(description="wav (16-bit PCM, mono)")
+    sample_rate: int
+    b64: str = Field(description="the audio file, base64")
+    seed: int
+
+
 class TextResponse(BaseModel):
     text: str = Field(description="the caption, or the answer to the question")
 
