@@ -43,3 +43,23 @@ def write_shape_shards(folder, n_shards: int = 2, per_shard: int = 8, corrupt: b
 @pytest.fixture(scope="session")
 def shape_shards(tmp_path_factory):
     return write_shape_shards(tmp_path_factory.mktemp("shapes"))
+
+
+# a tiny unified image model saved to a folder, and an image file: for the command-line tests
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from ..unified.test_unified import tiny_model
+
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_model("qwen2").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def image_file(tmp_path):
+    from ..unified.test_unified import SHAPES, draw
+
+    path = tmp_path / "circle.png"
+    draw(*SHAPES["a red circle"]).save(path)
+    return path
+

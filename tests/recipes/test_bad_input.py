@@ -16,21 +16,7 @@ from recipes import cli
 from recipes.cli import main
 from tests.conftest import copy_official
 
-from ..unified.test_unified import SHAPES, draw, tiny_model
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_model("qwen2").save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture()
-def image_file(tmp_path):
-    path = tmp_path / "circle.png"
-    draw(*SHAPES["a red circle"]).save(path)
-    return path
+from ..unified.test_unified import SHAPES, draw
 
 
 @pytest.fixture()

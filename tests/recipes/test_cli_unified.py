@@ -1,25 +1,10 @@
 """The unified-model subcommands on a tiny model, and their errors on bad input."""
 
-import pytest
 from PIL import Image
 
 from recipes.cli import main
 
-from ..unified.test_unified import SHAPES, draw, tiny_model
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_model("qwen2").save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture()
-def image_file(tmp_path):
-    path = tmp_path / "circle.png"
-    draw(*SHAPES["a red circle"]).save(path)
-    return path
+from ..unified.test_unified import SHAPES, draw
 
 
 def test_generate_with_previews(tmp_path, model_dir, capsys):
