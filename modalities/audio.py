@@ -165,8 +165,14 @@ class AudioCodec(ModalityCodec):
         if not torch.isfinite(wave).all():
             raise ValueError("the clip holds non-finite samples")
         S = math.ceil(wave.numel() / self.chunk)
-        wave = torch.nn.functional.pad(wave, (0, S * self.chunk - wave.numel()))
+        wave = F.pad(wave, (0, S * self.chunk - wave.numel()))
         return wave.view(S, self.chunk).to(self.device, self.codebook.dtype)
+
+    def whole_chunks(self, wave: torch.Tensor, limit: int | None = None) -> torch.Tensor:
+        """A clip [N] cut to its whole chunks (at most `limit`; at least one: a clip shorter than a chunk is
+        kept whole and padded by `to_chunks`): what a model can be given to continue, as it writes whole chunks."""
+        whole = max(1, len(wave) // self.chunk)
+        return wave[: min(whole, limit or whole) * self.chunk]
 
     @staticmethod
     def join(chunks: torch.Tensor) -> torch.Tensor:

@@ -107,7 +107,11 @@ def _declared_wav_frames(source: str | os.PathLike | bytes) -> int | None:
     """The sample count a PCM WAV header declares (None for other files): libsndfile and FFmpeg read a truncated
     WAV as a shorter one without a word."""
     try:
-        head = source[:12] if isinstance(source, bytes) else Path(source).open("rb").read(12)
+        if isinstance(source, bytes):
+            head = source[:12]
+        else:
+            with Path(source).open("rb") as f:
+                head = f.read(12)
         if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
             return None
         with wave.open(io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source), "rb") as f:

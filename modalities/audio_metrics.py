@@ -20,12 +20,15 @@ import torch.nn.functional as F
 DEFAULT_FFT_SIZES = (128, 256, 512, 1024)
 
 
-def _stft_mag(x: torch.Tensor, n_fft: int) -> torch.Tensor:
-    """[..., N] -> magnitudes [..., n_fft // 2 + 1, frames] (hop n_fft / 4, Hann window)."""
-    shape = x.shape
+def _stft(x: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """[..., N] -> complex STFT [..., n_fft // 2 + 1, frames] (hop n_fft / 4, Hann window)."""
     window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
-    spec = torch.stft(x.reshape(-1, shape[-1]), n_fft, hop_length=n_fft // 4, window=window, return_complex=True)
-    return spec.abs().reshape(*shape[:-1], *spec.shape[-2:])
+    spec = torch.stft(x.reshape(-1, x.shape[-1]), n_fft, hop_length=n_fft // 4, window=window, return_complex=True)
+    return spec.reshape(*x.shape[:-1], *spec.shape[-2:])
+
+
+def _stft_mag(x: torch.Tensor, n_fft: int) -> torch.Tensor:
+    return _stft(x, n_fft).abs()
 
 
 def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor,
@@ -42,13 +45,8 @@ def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor,
 
 def complex_stft_loss(pred: torch.Tensor, target: torch.Tensor, n_fft: int = 512, eps: float = 1e-5) -> torch.Tensor:
     """||S_t - S_p||_F / ||S_t||_F over complex STFTs: unlike magnitudes, it asks for the waveform's phase too."""
-    window = torch.hann_window(n_fft, device=pred.device, dtype=pred.dtype)
-
-    def stft(x: torch.Tensor) -> torch.Tensor:
-        return torch.stft(x.reshape(-1, x.shape[-1]), n_fft, hop_length=n_fft // 4, window=window, return_complex=True)
-
-    t = stft(target)
-    return torch.linalg.vector_norm(t - stft(pred)) / torch.linalg.vector_norm(t).clamp_min(eps)
+    t = _stft(target, n_fft)
+    return torch.linalg.vector_norm(t - _stft(pred, n_fft)) / torch.linalg.vector_norm(t).clamp_min(eps)
 
 
 @functools.lru_cache(maxsize=16)

@@ -69,9 +69,7 @@ class AudioCodecTask(TokenizerTask):
         w = self.weights
         loss = (w["stft_weight"] * stft + w["mel_weight"] * mel + w["wave_weight"] * wave + w["phase_weight"] * phase
                 + out["vq_loss"])
-        if self.restart_every:
-            counts = torch.bincount(torch.cat([i.flatten() for i in out["indices"]]), minlength=model.config.vocab_size)
-            self.hits = counts if self.hits is None else self.hits + counts
+        self.count_codes(out["indices"], model.config.vocab_size)
         metrics = {"stft": float(stft.detach()), "mel": float(mel.detach()), "wave_l1": float(wave.detach()),
                    "phase": float(phase.detach()),
                    "vq": float(out["vq_loss"].detach()), "usage": float(out["usages"])}

@@ -28,12 +28,15 @@ from pathlib import Path
 
 import torch
 
+from modalities.audio_io import WRITE_FORMATS
+
 from .arguments import (
     default_device,
     describe_error,
     device,
     finite_float,
     non_negative_int,
+    positive_float,
     positive_int,
     probability,
 )
@@ -184,8 +187,8 @@ def _read_items(model, paths: list[str], frames: int | None = None) -> tuple[str
 def cmd_audio_continue(args: argparse.Namespace) -> int:
     _check_files([args.file])
     out = Path(args.out)
-    if out.suffix.lower() not in (".wav", ".flac", ".ogg"):
-        raise ValueError(f"--out {out}: audio is written as .wav, .flac or .ogg")
+    if out.suffix.lower() not in WRITE_FORMATS:
+        raise ValueError(f"--out {out}: audio is written as {', '.join(WRITE_FORMATS)}")
     check_writable(out)  # before any compute
     model = _load_unified(args, DEFAULT_AUDIO_MODEL)
     codec = model.codecs.get("audio")
@@ -194,8 +197,8 @@ def cmd_audio_continue(args: argparse.Namespace) -> int:
     wave = read_sound(args.file, codec)
     audio = model.continue_audio(wave, args.seconds, prompts=[args.prompt] if args.prompt else None, cfg=args.cfg,
                                  top_k=args.top_k, seed=args.seed)
-    if args.only_new:  # drop the given whole chunks (continue_audio returns them first)
-        audio = audio[:, max(1, len(wave) // codec.chunk) * codec.chunk :]
+    if args.only_new:  # the written chunks are the last ones (continue_audio returns the given ones first)
+        audio = audio[:, -codec.segments_for(args.seconds) * codec.chunk :]
     print(write_audio_items(audio[:, None].cpu(), [out], codec=codec)[0])
     return 0
 
@@ -388,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "shorter tail is dropped), then it writes --seconds more.")
     _unified_args(cont)
     cont.add_argument("file", help="an audio file (.wav, .flac, .ogg, .mp3), resampled to the model's rate")
-    cont.add_argument("--seconds", type=finite_float, default=2.0, help="seconds to add (default 2)")
+    cont.add_argument("--seconds", type=positive_float, default=2.0, help="seconds to add (default 2)")
     cont.add_argument("--out", default="continued.wav", help="output .wav/.flac/.ogg (default continued.wav)")
     cont.add_argument("--only-new", action="store_true", help="write only the new audio, not the given chunks")
     cont.add_argument("--prompt", help="optional text the continuation should follow (e.g. a caption)")

@@ -126,12 +126,9 @@ def write_video_items(items: torch.Tensor, paths: list[Path], gif: bool = False,
         if path.suffix.lower() not in (".mp4", ".gif"):
             raise ValueError(f"--out {path}: a video is written as .mp4 or .gif")
     for clip, path in zip(items, paths, strict=True):
-        try:
-            write_video(path, clip, fps=fps)
-            if gif and path.suffix.lower() == ".mp4":
-                write_video(path.with_suffix(".gif"), clip, fps=fps)
-        except OSError as e:
-            raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
+        write_video(path, clip, fps=fps)  # atomic, and a failed write is one line (ValueError)
+        if gif and path.suffix.lower() == ".mp4":
+            write_video(path.with_suffix(".gif"), clip, fps=fps)
     return paths
 
 
@@ -141,7 +138,7 @@ def write_audio_items(items: torch.Tensor, paths: list[Path], gif: bool = False,
 
     if codec is None or not hasattr(codec, "sample_rate"):
         raise ValueError("writing audio needs the audio codec (for its sample rate)")
-    for wave, path in zip(items.flatten(1), paths, strict=True):
+    for wave, path in zip(codec.join(items), paths, strict=True):
         save_audio(path, wave, codec.sample_rate)
     return paths
 
@@ -159,9 +156,7 @@ def given_frames(codec, path: str | Path, count: int | None, segments: int):
     from modalities import AudioCodec, VideoCodec
 
     if isinstance(codec, AudioCodec):
-        wave = read_sound(path, codec)
-        whole = max(1, len(wave) // codec.chunk)
-        tokens = codec.encode(wave[: min(whole, count or whole) * codec.chunk])
+        tokens = codec.encode(codec.whole_chunks(read_sound(path, codec), count))
         if tokens.batch_size >= segments:
             raise ValueError(f"{tokens.batch_size} chunks given and --segments {segments}: nothing left to write")
         return tokens

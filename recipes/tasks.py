@@ -211,12 +211,16 @@ class TokenizerTask:
         images = ImageCodec(model).preprocess([s["image"] for s in samples])
         continuous = bool(torch.rand((), generator=generator, device=generator.device) < 0.5)
         out = model.loss(images.to(next(model.parameters()).dtype), continuous=continuous)
-        if self.restart_every:
-            counts = torch.bincount(torch.cat([i.flatten() for i in out["indices"]]), minlength=model.config.vocab_size)
-            self.hits = counts if self.hits is None else self.hits + counts
+        self.count_codes(out["indices"], model.config.vocab_size)
         metrics = {"recon": float(out["recon"].detach()), "vq": float(out["vq"].detach()),
                    "usage": float(out["usages"])}
         return out["loss"], metrics, len(samples)
+
+    def count_codes(self, indices: list[torch.Tensor], vocab_size: int) -> None:
+        """Add a micro-batch's codes to the use counts the next dead-code restart reads."""
+        if self.restart_every:
+            counts = torch.bincount(torch.cat([i.flatten() for i in indices]), minlength=vocab_size)
+            self.hits = counts if self.hits is None else self.hits + counts
 
     @torch.no_grad()
     def after_step(self, model: HARTTokenizer, step: int, generator: torch.Generator) -> dict:

@@ -265,10 +265,10 @@ class GenerationMixin:
         waves = [torch.as_tensor(w) for w in waves]
         if seconds <= 0:
             raise ValueError(f"seconds must be positive, got {seconds}")
-        whole = [max(1, len(w) // codec.chunk) * codec.chunk for w in waves]
-        if len(set(whole)) > 1:
+        whole = [codec.whole_chunks(w) for w in waves]
+        if len({len(w) for w in whole}) > 1:
             raise ValueError("clips continued in one batch must hold the same number of whole chunks")
-        given = codec.encode_items([w[:n] for w, n in zip(waves, whole, strict=True)])
+        given = codec.encode_items(whole)
         segments = given[0].batch_size + codec.segments_for(seconds)
         chunks = self.generate(prompts, modality=modality, segments=segments, given=given, **kwargs)
         return codec.join(chunks)

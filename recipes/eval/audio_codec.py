@@ -20,14 +20,14 @@ from modalities.audio import AudioCodec
 from modalities.audio_metrics import mel_distance, si_sdr
 
 from ..data.tones import SPLITS, ToneWorld
-from .tone_judge import notes_on_grid
+from .tone_judge import notes_on_grid, notes_right
 
 PATHS = ("hybrid", "discrete")
 
 
 def note_accuracy(wave: np.ndarray, melody: dict, sample_rate: int) -> float:
     heard = notes_on_grid(wave, sample_rate, melody["note_seconds"], 0.0, len(melody["notes"]))
-    return float(np.mean([h is not None and abs(h - t) < 0.5 for h, t in zip(heard, melody["notes"], strict=False)]))
+    return float(np.mean(notes_right(heard, melody["notes"])))
 
 
 @torch.no_grad()
