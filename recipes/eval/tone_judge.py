@@ -11,10 +11,11 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 
-from recipes.data.tones import INTERVALS, PATTERNS, TEMPOS, note_sequence
+from recipes.data.tones import INTERVALS, PATTERNS, TEMPOS, midi_to_hz, note_sequence
 
 FMIN, FMAX = 100.0, 1500.0
 YIN_THRESHOLD = 0.15
@@ -73,6 +74,11 @@ def notes_on_grid(wave: np.ndarray, sample_rate: int, note_seconds: float, start
     return out
 
 
+def notes_right(heard: list[float | None], truth: list[int]) -> list[bool]:
+    """Per note: heard within half a semitone of the true MIDI note."""
+    return [h is not None and abs(h - t) < 0.5 for h, t in zip(heard, truth, strict=False)]
+
+
 def _harmonics(segment: np.ndarray, sample_rate: int, f0: float, count: int = 3) -> list[float]:
     spectrum = np.abs(np.fft.rfft(segment * np.hanning(len(segment)), n=8 * len(segment)))
     freqs = np.fft.rfftfreq(8 * len(segment), 1 / sample_rate)
@@ -83,14 +89,15 @@ def _harmonics(segment: np.ndarray, sample_rate: int, f0: float, count: int = 3)
     return amps
 
 
-def timbre_of(wave: np.ndarray, sample_rate: int, note_seconds: float) -> str | None:
-    """sine / square / saw / plucked from the notes' harmonics and decay, by majority over the notes."""
+def timbre_of(wave: np.ndarray, sample_rate: int, note_seconds: float, notes: list[float | None]) -> str | None:
+    """sine / square / saw / plucked from the harmonics and decay of the notes heard (`notes_on_grid` of the
+    same grid), by majority over them."""
     votes = []
-    for k in range(int(len(wave) / sample_rate / note_seconds + 1e-9)):
-        seg = _slot(wave, sample_rate, k * note_seconds, note_seconds)
-        f0 = detect_pitch(seg, sample_rate)
-        if f0 is None:
+    for k, note in enumerate(notes):
+        if note is None:
             continue
+        seg = _slot(wave, sample_rate, k * note_seconds, note_seconds)
+        f0 = midi_to_hz(note)
         half = len(seg) // 2
         decay = np.sqrt(np.mean(seg[half:] ** 2)) / max(np.sqrt(np.mean(seg[:half] ** 2)), 1e-9)
         a1, a2, a3 = _harmonics(seg, sample_rate, f0)
@@ -103,7 +110,7 @@ def timbre_of(wave: np.ndarray, sample_rate: int, note_seconds: float) -> str | 
             votes.append("square")
         else:
             votes.append("saw")
-    return max(set(votes), key=votes.count) if votes else None
+    return Counter(votes).most_common(1)[0][0] if votes else None  # a tie goes to the first heard: same every run
 
 
 def tempo_of(wave: np.ndarray, sample_rate: int) -> str:
@@ -138,7 +145,7 @@ def describe_clip(wave: np.ndarray, sample_rate: int) -> dict:
     wave = np.asarray(wave, dtype=np.float64)
     tempo = tempo_of(wave, sample_rate)
     notes = notes_on_grid(wave, sample_rate, TEMPOS[tempo])
-    return {"tempo": tempo, "pattern": pattern_of(notes), "timbre": timbre_of(wave, sample_rate, TEMPOS[tempo]),
+    return {"tempo": tempo, "pattern": pattern_of(notes), "timbre": timbre_of(wave, sample_rate, TEMPOS[tempo], notes),
             "notes": notes}
 
 
@@ -165,7 +172,7 @@ def judge_continuation(wave: np.ndarray, melody: dict, from_seconds: float, samp
     first = int(math.ceil(from_seconds / step - 1e-9))
     truth = melody["notes"][first:]
     heard = notes_on_grid(wave, sample_rate, step, first * step, len(truth))
-    correct = [h is not None and abs(h - t) < 0.5 for h, t in zip(heard, truth, strict=False)]
+    correct = notes_right(heard, truth)
     found = onsets(wave, sample_rate)
     true_onsets = [first * step + k * step for k in range(len(heard))][1:]  # the first may sit on a chunk edge
     errors = [float(np.abs(found - t).min()) * 1000 for t in true_onsets if len(found)]
