@@ -3,6 +3,19 @@
     python benchmarks/bench_t2i.py --config debug --batch-sizes 1,4 --iters 3
     python benchmarks/bench_t2i.py --config official --dtype bf16 --batch-sizes 1,8   # on a GPU
     python benchmarks/bench_t2i.py --meta-only                                       # parameter counts only
+    python benchmarks/bench_t2i.py --config twin --batch-sizes 1 --paths eager,fast --count-ops
+
+Paths (`--paths`, several in one run for a side-by-side table):
+  * eager    = the reference path (`generate_latent`), bit-exact with the released code;
+  * fast     = `generate_latent(..., fast=FastPath(transformer))`: static KV cache, per-generation tables,
+               fused ops, hoisted diffusion-schedule constants;
+  * compiled = the fast path with every scale step and diffusion step compiled once (`torch.compile`;
+               CUDA graphs on CUDA). The warm-up iterations include the compilation (reported apart).
+
+The `twin` config is the launch-bound twin of the official 1024px model: depth 24, 14 scales (grids 1..14),
+width 4, one head, 16 context slots, 8 diffusion steps. Its arithmetic is negligible, so its wall time and
+its count of top-level aten ops (`--count-ops`; what would be kernel launches on a GPU) track the
+per-operation overhead of a path on any CPU.
 
 What is timed, per batch of B prompts (CFG doubles the rows to 2B inside the transformer):
   * total       = `generate_latent` (every scale step: KV-cached transformer, logits, CFG, top-k
@@ -36,7 +49,8 @@ import torch
 # runnable as `python benchmarks/bench_t2i.py` from the repository root without installing
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hart_core.debug import debug_configs, official_configs  # noqa: E402
+from hart_core.debug import debug_configs, launch_bound_twin_configs, official_configs  # noqa: E402
+from hart_core.fast_generate import FastPath  # noqa: E402
 from hart_core.generate import generate_latent  # noqa: E402
 from hart_core.pipeline import HARTPipeline  # noqa: E402
 from hart_core.tokenizer import HARTTokenizer, TokenizerConfig  # noqa: E402
@@ -59,7 +73,9 @@ def small_configs() -> tuple[TokenizerConfig, TransformerConfig]:
     return tok, tr
 
 
-CONFIGS = {"debug": debug_configs, "small": small_configs, "official": official_configs}
+CONFIGS = {"debug": debug_configs, "small": small_configs, "official": official_configs,
+           "twin": launch_bound_twin_configs}
+PATHS = ("eager", "fast", "compiled")
 
 
 # -- environment -----------------------------------------------------------------------------------
@@ -194,23 +210,26 @@ def random_context(transformer, batch: int, seed: int, device, dtype):
     return gen, context, torch.ones(batch, c.context_token, dtype=torch.bool, device=device)
 
 
-def bench_batch(tokenizer, transformer, batch: int, args, device, dtype, sync) -> dict:
+def bench_batch(tokenizer, transformer, batch: int, args, device, dtype, sync, fast: FastPath | None = None) -> dict:
     gen, context, mask = random_context(transformer, batch, args.seed, device, dtype)
     diff = Timer(sync)
     rows = {"total": [], "transformer": [], "diffusion": [], "vae_decode": []}
-    with wrapped_method(transformer.diffusion_head, "sample", diff.wrap):
+    warmup_s = 0.0
+    sampler = transformer.diffusion_head if fast is None else fast.diffusion
+    with wrapped_method(sampler, "sample", diff.wrap):
         for it in range(args.warmup + args.iters):
             gen.manual_seed(args.seed + 1)
             diff.seconds = 0.0
             sync()
             t0 = time.perf_counter()
-            f_hat = generate_latent(transformer, tokenizer, context, mask, cfg=args.cfg, generator=gen)
+            f_hat = generate_latent(transformer, tokenizer, context, mask, cfg=args.cfg, generator=gen, fast=fast)
             sync()
             t1 = time.perf_counter()
             images = tokenizer.decode_latent(f_hat)
             sync()
             t2 = time.perf_counter()
             if it < args.warmup:
+                warmup_s += t2 - t0
                 continue
             rows["total"].append(t2 - t0)
             rows["diffusion"].append(diff.seconds)
@@ -230,11 +249,34 @@ def bench_batch(tokenizer, transformer, batch: int, args, device, dtype, sync) -
         "share_of_total": {k: statistics.fmean(rows[k]) / mean_total
                                 for k in ("transformer", "diffusion", "vae_decode")},
         "image_shape": list(images.shape),
+        "warmup_s": warmup_s,
         "raw_s": rows,
     }
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
+
+
+def top_level_ops(tokenizer, transformer, batch: int, args, device, dtype, sync, fast: FastPath | None) -> int:
+    """aten operations called from Python (not from inside another aten op) in one generation + decode:
+    on a GPU, roughly one kernel launch each unless captured in a graph."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gen, context, mask = random_context(transformer, batch, args.seed, device, dtype)
+    sync()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        tokenizer.decode_latent(generate_latent(transformer, tokenizer, context, mask, cfg=args.cfg,
+                                                generator=gen, fast=fast))
+        sync()
+    count = 0
+    for event in prof.events():
+        if not event.name.startswith("aten::"):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        count += parent is None
+    return count
 
 
 def profile_once(tokenizer, transformer, batch: int, args, device, dtype, sync) -> None:
@@ -259,12 +301,16 @@ def profile_once(tokenizer, transformer, batch: int, args, device, dtype, sync) 
 def print_result(r: dict) -> None:
     share, parts = r["share_of_total"], r["parts_s_median"]
     line = (
-        f"batch {r['batch_size']:>3}: latency {r['latency_s_median'] * 1e3:10.1f} ms/batch (median of "
+        f"{r['path']:>8} batch {r['batch_size']:>3}: latency {r['latency_s_median'] * 1e3:10.1f} ms/batch (median of "
         f"{r['iters']}, min {r['latency_s_min'] * 1e3:.1f})  {r['images_per_s']:8.2f} images/s"
     )
     if "peak_memory_gib" in r:
         line += f"  peak mem {r['peak_memory_gib']:.2f} GiB"
+    if "top_level_ops" in r:
+        line += f"  {r['top_level_ops']:,d} top-level ops"
     print(line)
+    if r["path"] == "compiled":
+        print(f"           warm-up incl. compilation: {r['warmup_s']:.1f} s")
     print(
         "           median ms [share of total time over all iters]: "
         + "  ".join(f"{k} {parts[k] * 1e3:.1f} [{share[k] * 100:.1f}%]"
@@ -273,6 +319,20 @@ def print_result(r: dict) -> None:
 
 
 # -- main ------------------------------------------------------------------------------------------
+
+
+def print_comparison(results: list[dict]) -> None:
+    """Each path against the eager one at the same batch size."""
+    eager = {r["batch_size"]: r for r in results if r["path"] == "eager"}
+    for r in results:
+        base = eager.get(r["batch_size"])
+        if base is None or r is base:
+            continue
+        line = (f"{r['path']:>8} vs eager at batch {r['batch_size']}: "
+                f"{base['latency_s_median'] / r['latency_s_median']:.2f}x faster")
+        if "top_level_ops" in r and "top_level_ops" in base:
+            line += f", {r['top_level_ops']:,d} vs {base['top_level_ops']:,d} top-level ops"
+        print(line)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -296,6 +356,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls and convolutions (CUDA)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (CPU runs; 1 avoids OpenMP spin contention on a busy machine)")
+    p.add_argument("--paths", default="eager",
+                   help=f"comma-separated generation paths to time, from {','.join(PATHS)} (see above)")
+    p.add_argument("--count-ops", action="store_true",
+                   help="also count the top-level aten ops of one generation per path and batch (torch.profiler)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--profile", type=Path, default=None,
                    help="after timing, profile one untimed generation + decode at the first batch size with "
@@ -304,6 +368,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="build the model on the meta device, print parameter counts, exit (no memory)")
     args = p.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    args.paths = [x.strip() for x in args.paths.split(",") if x.strip()]
+    if not args.paths or set(args.paths) - set(PATHS):
+        p.error(f"--paths takes a comma-separated list from {', '.join(PATHS)}")
+    if "compiled" in args.paths and args.warmup < 1:
+        p.error("--paths compiled needs --warmup >= 1 (the first generation compiles)")
     if args.config is None:
         args.config = "official" if args.meta_only else "debug"
     if args.iters < 1 or args.warmup < 0 or not args.batch_sizes or min(args.batch_sizes) < 1:
@@ -354,12 +423,22 @@ def main(argv=None) -> dict:
     autocast = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast])
                 if args.autocast != "off" else contextlib.nullcontext())
     with torch.inference_mode(), sdpa_context(args.sdpa, device), autocast:
+        fast_paths = {path: None if path == "eager" else FastPath(transformer, compile=path == "compiled")
+                      for path in args.paths}
         for batch in args.batch_sizes:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            r = bench_batch(tokenizer, transformer, batch, args, device, dtype, sync)
-            print_result(r)
-            results.append(r)
+            for path in args.paths:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                r = {"path": path, **bench_batch(tokenizer, transformer, batch, args, device, dtype, sync,
+                                                 fast_paths[path])}
+                if args.count_ops:
+                    r["top_level_ops"] = top_level_ops(tokenizer, transformer, batch, args, device, dtype, sync,
+                                                       fast_paths[path])
+                print_result(r)
+                results.append(r)
+                if fast_paths[path] is not None:
+                    fast_paths[path].release()  # one path's KV cache at a time
+        print_comparison(results)
         if args.profile is not None:
             profile_once(tokenizer, transformer, args.batch_sizes[0], args, device, dtype, sync)
     payload = {
@@ -375,6 +454,7 @@ def main(argv=None) -> dict:
         "sdpa": args.sdpa,
         "autocast": args.autocast,
         "tf32": args.tf32,
+        "paths": args.paths,
         "text_encoder": "excluded (random context, full mask)",
         "model": model,
         "params": counts,

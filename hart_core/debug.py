@@ -75,3 +75,16 @@ def debug_pipeline(seed: int = 0, **kwargs) -> HARTPipeline:
     encoder = TextEncoder(tiny_qwen2(tr_cfg.context_dim, seed=seed), byte_level_tokenizer(),
                           max_length=tr_cfg.context_token, system_prompt=None)
     return HARTPipeline(tokenizer, transformer, encoder)
+
+
+def launch_bound_twin_configs() -> tuple[TokenizerConfig, TransformerConfig]:
+    """The released model's depth and scale count at a negligible width: depth 24, 14 scales (grids 1..14),
+    width 4, one head, 16 context slots, 8 diffusion steps. Every operation costs about its overhead, so
+    wall time and operation counts show what a generation path spends besides math."""
+    patch_nums = tuple(range(1, 15))
+    tok = TokenizerConfig(vocab_size=64, z_channels=4, ch=32, ch_mult=(1, 1), v_patch_nums=patch_nums)
+    tr = TransformerConfig(
+        vocab_size=64, latent_dim=4, embed_dim=4, depth=24, num_heads=1, context_token=16, context_dim=4,
+        patch_nums=patch_nums, diff_width=8, diff_depth=1, num_sampling_steps="8",
+    )
+    return tok, tr

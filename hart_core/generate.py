@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .fast_generate import FastPath
 from .scale_loop import ScaleSampling, ScaleTrace, sample_scales
 from .tokenizer import HARTTokenizer
 from .transformer import HARTTransformer
@@ -54,11 +55,14 @@ def generate_latent(
     noise_fn: NoiseFn | None = None,
     callback: PreviewFn | None = None,
     trace: GenerationTrace | None = None,
+    fast: FastPath | None = None,
 ) -> torch.Tensor:
     """Sample the latent f_hat [B, Cvae, h, w] for a batch of text contexts [B, T, context_dim].
 
     top_k=None follows the released sampler (600 for the first 7 scales, then 300); top_k=1 is greedy.
     `noise_fn(shape)` replaces the diffusion head's Gaussian draws (used to replay reference noise).
+    `fast`: run the scale steps and the diffusion sampler through a `FastPath` (same draws, same sampling
+    loop; the math agrees with the eager path within fp32 rounding, see fast_blocks.py).
     """
     c = transformer.config
     mask = context_mask.bool()
@@ -66,15 +70,23 @@ def generate_latent(
         context_positions = mask.long().cumsum(1) - 1
     dtype = transformer.word_embed.weight.dtype
     cond = transformer.condition(*unconditional_context(context.to(dtype), mask, context_positions))
-    cache = transformer.new_cache()
+    if fast is None:
+        cache = transformer.new_cache()
+
+        def run(si: int, x: torch.Tensor | None) -> torch.Tensor:
+            return transformer.step(cond, si, x, cache)
+
+        sample_residual = transformer.diffusion_head.sample
+    else:
+        run, sample_residual = fast.start(cond), fast.diffusion.sample
 
     def step(si: int, x: torch.Tensor | None) -> torch.Tensor:
-        hidden = transformer.step(cond, si, x, cache)
+        hidden = run(si, x)
         return hidden[:, -1:] if si == 0 else hidden  # scale 0 is predicted from the last context slot
 
     def residual(hidden: torch.Tensor, codes: torch.Tensor, guidance: float) -> torch.Tensor:
         z = transformer.diffusion_condition(hidden, codes).flatten(0, 1)
-        out = transformer.diffusion_head.sample(z.float(), cfg=guidance, generator=generator, noise_fn=noise_fn)
+        out = sample_residual(z.float(), cfg=guidance, generator=generator, noise_fn=noise_fn)
         if trace is not None:
             trace.diffusion_condition, trace.diffusion_output = z, out
         return out

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError
+from .fast_generate import FastPath
 from .generate import PreviewFn, generate_images
 from .text_encoder import TextEncoder
 from .tokenizer import HARTTokenizer
@@ -29,6 +30,7 @@ class HARTPipeline:
         text_encoder: TextEncoder | None = None,
     ):
         self.tokenizer, self.transformer, self.text_encoder = tokenizer, transformer, text_encoder
+        self.fast: FastPath | None = None  # the reference (eager) path until `use_path` says otherwise
         if tokenizer.quantize.embedding.weight.shape != (
             transformer.config.vocab_size, transformer.config.latent_dim
         ):
@@ -72,6 +74,15 @@ class HARTPipeline:
         self.transformer.diffusion_head.float()
         if self.text_encoder is not None:
             self.text_encoder.model.to(device=device, dtype=dtype)
+        return self
+
+    def use_path(self, path: str) -> HARTPipeline:
+        """"eager": the reference path (bit-exact with the released code); "fast": static KV cache and
+        fused ops (the same draws, fp32 rounding apart; see hart_core/fast_blocks.py); "compiled": the fast
+        path with each scale step and diffusion step compiled once (CUDA graphs on CUDA; slow to start)."""
+        if path not in ("eager", "fast", "compiled"):
+            raise ValueError(f"unknown generation path {path!r} (expected eager, fast or compiled)")
+        self.fast = None if path == "eager" else FastPath(self.transformer, compile=path == "compiled")
         return self
 
     @property
@@ -138,5 +149,5 @@ class HARTPipeline:
             yield start, generate_images(
                 self.transformer, self.tokenizer, context.to(dtype), mask, positions,
                 cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth,
-                generator=generator, callback=callback,
+                generator=generator, callback=callback, fast=self.fast,
             ).float().cpu()

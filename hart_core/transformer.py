@@ -242,18 +242,20 @@ class HARTTransformer(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache.empty(len(self.blocks))
 
+    def step_inputs(self, cond: Conditioning, scale: int, x: torch.Tensor | None) -> torch.Tensor:
+        """The first hidden states of a scale: the context slots at scale 0, else word_embed(x); plus its level."""
+        if scale == 0:
+            return cond.tokens + self.lvl_embed.weight[0]
+        return self.word_embed(x.to(cond.tokens.dtype)) + self.lvl_embed.weight[scale]
+
     def step(self, cond: Conditioning, scale: int, x: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
         """Run one scale through the blocks with the KV cache; returns hidden states of its tokens.
 
         scale 0 feeds the T context slots (x ignored); scale k >= 1 feeds x = [B, n_k, latent_dim],
         the downsampled cumulative latent. No mask is needed: a scale sees itself and the cache.
         """
-        if scale == 0:
-            h = cond.tokens + self.lvl_embed.weight[0]
-            cos, sin = self.context_rope(cond)
-        else:
-            h = self.word_embed(x.to(cond.tokens.dtype)) + self.lvl_embed.weight[scale]
-            cos, sin = self.image_rope(cond, scale)
+        h = self.step_inputs(cond, scale, x)
+        cos, sin = self.context_rope(cond) if scale == 0 else self.image_rope(cond, scale)
         for i, block in enumerate(self.blocks):
             h = block(h, cond.block_mods[i], cos, sin, cache=cache, block=i)
         return h

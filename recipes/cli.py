@@ -87,7 +87,7 @@ def cmd_t2i(args: argparse.Namespace) -> int:
             system_prompt=None if args.no_system_prompt else HART_SYSTEM_PROMPT,
             device=device, dtype=_dtype(args.dtype),
         )
-    pipe.to(device, _dtype(args.dtype))
+    pipe.to(device, _dtype(args.dtype)).use_path(args.path)
     if args.steps is not None:
         pipe.transformer.diffusion_head.set_sampling_steps(args.steps)
     paths = output_paths(Path(args.out), len(prompts))
@@ -295,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     t2i.add_argument("--batch-size", type=positive_int, default=4)
     t2i.add_argument("--device", type=device, default=default_device())
     t2i.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    t2i.add_argument("--path", choices=("eager", "fast", "compiled"), default="fast",
+                     help="generation path: fast (default: static KV cache, fused ops), eager (the reference, "
+                          "bit-exact with the released code) or compiled (fast + torch.compile / CUDA graphs; "
+                          "compiles for minutes first, pays off on a GPU)")
     t2i.add_argument("--quiet", action="store_true", help="no progress bar")
     t2i.set_defaults(func=cmd_t2i)
 

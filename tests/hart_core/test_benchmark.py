@@ -41,3 +41,16 @@ def test_meta_only_counts_the_official_model_without_memory():
     counts = payload["params"]
     assert 0.72e9 < counts["transformer_incl_diffusion_head"] < 0.74e9
     assert 36e6 < counts["diffusion_head"] < 38e6
+
+
+def test_launch_bound_twin_compares_paths_and_counts_ops(capsys):
+    payload = load_script().main(["--config", "twin", "--batch-sizes", "1", "--paths", "eager,fast", "--iters", "1",
+                                  "--warmup", "0", "--count-ops"])
+    model = payload["model"]
+    assert (model["depth"], model["embed_dim"], model["num_heads"], model["context"][0]) == (24, 4, 1, 16)
+    assert model["patch_nums"] == list(range(1, 15))
+    eager, fast = payload["results"]
+    assert (eager["path"], fast["path"]) == ("eager", "fast")
+    # the eager path spends ~80 aten ops a block and scale (24 x 14 of them); the fast one ~32
+    assert eager["top_level_ops"] > 24 * 14 * 60 and fast["top_level_ops"] < eager["top_level_ops"] / 2
+    assert "fast vs eager at batch 1" in capsys.readouterr().out

@@ -1,0 +1,148 @@
+"""`FastPath`: HART generation at the cost of its math, for `generate_latent(..., fast=FastPath(...))`.
+
+Two parts, each a drop-in for one piece of the eager path:
+  * `FastBlocks` (fast_blocks.py) for the transformer's scale steps: a static KV cache, per-generation
+    tables, fused ops; optionally compiled per scale step;
+  * `FastDiffusion` for the residual head's sampler: every step's schedule coefficients looked up once as
+    numbers (the eager sampler gathers 8 tables per step), the condition projected once instead of at
+    every step. Its arithmetic is the eager sampler's, op for
+    op, so in fp32 it reproduces it bit for bit (tested); with `compile=True` each step is compiled.
+
+The sampling loop, top-k, CFG and the quantizer are shared with the eager path (`sample_scales`), so the
+random stream is the same: with the same generator the fast path draws what the eager path draws.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .diffusion import NoiseFn, ResidualDiffusionHead, modulate
+from .fast_blocks import FastBlocks
+from .transformer import Conditioning, HARTTransformer
+
+Tensor = torch.Tensor
+
+_STEP_TABLES = ("sqrt_recip_abar", "sqrt_recipm1_abar", "post_coef1", "post_coef2", "post_logvar", "log_betas")
+
+
+class FastDiffusion:
+    """The residual head's ancestral sampler with per-step constants hoisted out of the loop."""
+
+    def __init__(self, head: ResidualDiffusionHead, *, compile: bool = False):
+        self.head, self.compiled = head, compile
+        self._tables: dict[tuple, list[dict[str, float | Tensor]]] = {}
+        self._denoise = self._denoise_step
+        if compile:
+            device = next(head.parameters()).device
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            self._denoise = torch.compile(self._denoise_step, mode=mode, dynamic=False)
+
+    def _coefficients(self, dtype: torch.dtype, device: torch.device) -> list[dict[str, float | Tensor]]:
+        """Per respaced step, the schedule entries rounded to `dtype` (as the eager sampler's gathers): numbers,
+        or 0-dim tensors on `device` when compiled. Kept until the head is respaced."""
+        diffusion = self.head.gen_diffusion
+        key = (id(diffusion), dtype, device)
+        if key not in self._tables:
+            rows = [diffusion._names[name] for name in _STEP_TABLES]
+            table = diffusion._tables[rows].to(dtype)
+            table = table.to(device).unbind(1) if self.compiled else table.T.tolist()
+            self._tables = {key: [dict(zip(_STEP_TABLES, column, strict=True)) for column in table]}
+        return self._tables[key]
+
+    @torch.no_grad()
+    def sample(self, z: Tensor, *, cfg: float = 1.0, temperature: float = 1.0,
+               generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None) -> Tensor:
+        """As `ResidualDiffusionHead.sample` (same draws, same quirks of the official CFG)."""
+        head, net = self.head, self.head.net
+        if noise_fn is None:
+            def noise_fn(shape: tuple[int, ...]) -> Tensor:
+                return torch.randn(shape, generator=generator, device=z.device, dtype=z.dtype)
+
+        rows, channels = z.shape[0], head.in_channels
+        guided = cfg != 1.0
+        if guided:
+            half = noise_fn((rows // 2, channels))
+            x = torch.cat([half, half])
+        else:
+            x = noise_fn((rows, channels))
+        if x.dtype not in (torch.float32, torch.float64):
+            raise ValueError("the fast diffusion sampler runs in fp32 (as HARTPipeline keeps the head)")
+        cond = net.cond_embed(z)
+        diffusion = head.gen_diffusion
+        coefficients = self._coefficients(x.dtype, x.device)
+        timesteps = diffusion.timestep_map.to(z.device)
+        scalars = {"cfg": cfg if guided else None, "temperature": temperature}
+        if self.compiled:  # numbers would be baked into the graph: one compilation per value
+            scalars = {k: None if v is None else torch.tensor(v, dtype=x.dtype, device=x.device)
+                       for k, v in scalars.items()}
+        for k in reversed(range(diffusion.num_timesteps)):
+            noise = noise_fn(tuple(x.shape)) if k > 0 else None
+            y = net.time_embed(timesteps[k].expand(rows)) + cond
+            x = self._denoise(x, y, noise, coefficients[k], **scalars)
+        return x * head.vae_scale
+
+    def _denoise_step(self, x: Tensor, y: Tensor, noise: Tensor | None, c: dict[str, float | Tensor],
+                      cfg: float | Tensor | None, temperature: float | Tensor) -> Tensor:
+        """One reverse step: the denoiser (with the official CFG), then the iDDPM posterior sample."""
+        net = self.head.net
+        if cfg is not None:
+            half = x[: len(x) // 2]
+            out = self._denoiser(torch.cat([half, half]), y)
+            eps, var_values = out[:, : net.in_channels], out[:, net.in_channels :]
+            cond_eps, uncond_eps = eps.chunk(2)
+            eps = cond_eps * (1 + cfg) - cfg * uncond_eps
+            eps = torch.cat([eps, eps])
+        else:
+            eps, var_values = self._denoiser(x, y).split(net.in_channels, dim=1)
+        frac = (var_values + 1) / 2
+        log_variance = frac * c["log_betas"] + (1 - frac) * c["post_logvar"]
+        pred_xstart = (c["sqrt_recip_abar"] * x - c["sqrt_recipm1_abar"] * eps).clamp(-1, 1)
+        mean = c["post_coef1"] * pred_xstart + c["post_coef2"] * x
+        if noise is None:  # the last step is noiseless
+            return mean
+        return mean + torch.exp(0.5 * log_variance) * noise * temperature
+
+    def _denoiser(self, x: Tensor, y: Tensor) -> Tensor:
+        """`MLPAdaLNDenoiser.forward` with y = time_embed(t) + cond_embed(c) given."""
+        net = self.head.net
+        h = net.input_proj(x)
+        for block in net.res_blocks:
+            shift, scale, gate = block.adaLN_modulation(y).chunk(3, dim=-1)
+            h = h + gate * block.mlp(modulate(block.in_ln(h), shift, scale))
+        final = net.final_layer
+        shift, scale = final.adaLN_modulation(y).chunk(2, dim=-1)
+        return final.linear(modulate(final.norm_final(h), shift, scale))
+
+
+class FastPath:
+    """The fast generation path of one transformer: `FastBlocks` per row count (allocated on first use,
+    kept for later generations) and one `FastDiffusion`.
+
+    compile=True compiles every scale step and diffusion step once per shape (CUDA: captured as CUDA
+    graphs). On a CPU that costs minutes of compilation for a large model and gains little: use it on
+    accelerators, or to count what a captured graph launches.
+    """
+
+    def __init__(self, transformer: HARTTransformer, *, compile: bool = False):
+        self.transformer, self.compile = transformer, compile
+        self.diffusion = FastDiffusion(transformer.diffusion_head, compile=compile)
+        self._blocks: dict[int, FastBlocks] = {}
+
+    def blocks(self, rows: int) -> FastBlocks:
+        if rows not in self._blocks:
+            self._blocks[rows] = FastBlocks(self.transformer, rows, compile=self.compile)
+        return self._blocks[rows]
+
+    def start(self, cond: Conditioning):
+        """A step function (scale, inputs) -> hidden states over a fresh sequence for this condition."""
+        blocks = self.blocks(cond.tokens.shape[0])
+        blocks.prepare(cond)
+
+        def step(scale: int, x: Tensor | None) -> Tensor:
+            return blocks.step(scale, self.transformer.step_inputs(cond, scale, x))
+
+        return step
+
+    def release(self) -> None:
+        """Free the KV caches (they are allocated again on the next generation)."""
+        self._blocks.clear()
