@@ -110,6 +110,11 @@ class FastBlocks:
         if compile:
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self._run = torch.compile(self._run_blocks, mode=mode, dynamic=False)
+            # one graph per scale by design (static shapes): let dynamo keep them all, not just 8
+            limit = 2 * len(self.sizes) + 8
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+            torch._dynamo.config.accumulated_recompile_limit = max(
+                torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
         self.blocks: list[BlockTables] = []
         self.ropes: list[tuple[Tensor, Tensor]] = []
 

@@ -107,10 +107,15 @@ class Backbone(nn.Module):
         if vocab_size != self.embed_tokens.num_embeddings:
             self.lm.resize_token_embeddings(vocab_size)
 
-    def new_cache(self):
-        from transformers import DynamicCache
+    def new_cache(self, capacity: int | None = None):
+        """A KV cache that grows (`DynamicCache`), or with `capacity` one allocated once for that many
+        positions (`StaticCache`: fixed shapes and addresses, what torch.compile and CUDA graphs need;
+        the mask must then cover all `capacity` keys, see `DecodingSession`)."""
+        from transformers import DynamicCache, StaticCache
 
-        return DynamicCache(config=self.lm.config)
+        if capacity is None:
+            return DynamicCache(config=self.lm.config)
+        return StaticCache(config=self.lm.config, max_cache_len=capacity)
 
     # -- forward -------------------------------------------------------------------------------
 

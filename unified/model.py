@@ -50,6 +50,9 @@ class UnifiedModel(GenerationMixin, nn.Module):
         super().__init__()
         self.config = config
         self.text = text_tokenizer
+        # "dynamic": the KV cache grows step by step; "static": allocated once per generation (for
+        # torch.compile / CUDA graphs; on a CPU the masked-out slots cost attention work)
+        self.cache_implementation = "dynamic"
         self.backbone = backbone if backbone is not None else Backbone.from_config(config.backbone)
         if self.backbone.embed_tokens.num_embeddings < text_tokenizer.vocab_size:
             self.backbone.resize_vocab(text_tokenizer.vocab_size)

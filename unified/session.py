@@ -1,7 +1,9 @@
 """A decoding session: the state of incremental decoding over a batch of rows.
 
 It holds where each row stands (the next text position and attention block) and the backbone's KV
-cache, or, to check the cache, the whole sequence so far (every step reruns it). Text is fed a token
+cache, or, to check the cache, the whole sequence so far (every step reruns it). The cache grows with
+every step, or, with `model.cache_implementation == "static"`, is allocated once for the prompt and the
+reserved positions; then every mask spans all of it, with the positions not yet written masked out. Text is fed a token
 at a time (a block each); an item is fed group by group through an `ItemCursor`, whose positions and
 blocks come from the item's pattern; closing the item moves the row past it, so text or another item
 can follow a generated one.
@@ -41,8 +43,10 @@ class DecodingSession:
         self.next_position = batch.next_position.clone()
         self.next_block = batch.next_block.clone()
         self.embeds, self.positions = model.embed(batch), batch.positions
-        self.cache = model.backbone.new_cache() if use_cache else None
-        self.hidden = model.backbone(self.embeds, self.positions, batch.attention_mask(), self.cache)
+        static = use_cache and model.cache_implementation == "static"
+        self.capacity = length + reserve if static else None
+        self.cache = model.backbone.new_cache(self.capacity) if use_cache else None
+        self.hidden = model.backbone(self.embeds, self.positions, self._span(batch.attention_mask()), self.cache)
 
     @property
     def batch_size(self) -> int:
@@ -56,7 +60,7 @@ class DecodingSession:
         self.block = torch.cat((self.block, blocks), dim=1)
         self.valid = torch.cat((self.valid, valid), dim=1)
         if self.cache is not None:
-            mask = attention_mask(blocks, valid, self.block, self.valid)
+            mask = self._span(attention_mask(blocks, valid, self.block, self.valid))
             self.hidden = self.model.backbone(embeds, positions, mask, self.cache)
         else:
             self.embeds = torch.cat((self.embeds, embeds), dim=1)
@@ -64,6 +68,14 @@ class DecodingSession:
             mask = attention_mask(self.block, self.valid, self.block, self.valid)
             self.hidden = self.model.backbone(self.embeds, self.positions, mask)[:, -n:]
         return self.hidden
+
+    def _span(self, mask: torch.Tensor) -> torch.Tensor:
+        """A mask [B, n, K] over the K keys so far, widened to a static cache's capacity."""
+        if self.capacity is None:
+            return mask
+        if mask.shape[2] > self.capacity:
+            raise ValueError(f"the static cache holds {self.capacity} positions; this step needs {mask.shape[2]}")
+        return torch.nn.functional.pad(mask, (0, self.capacity - mask.shape[2]), value=False)
 
     # -- text ----------------------------------------------------------------------------------
 

@@ -132,6 +132,25 @@ def test_kv_cached_text_generation_equals_uncached(model):
     assert model.answer(images, q, use_cache=True, **kw) == model.answer(images, q, use_cache=False, **kw)
 
 
+def test_static_kv_cache_generates_what_the_growing_one_does(model):
+    """A cache allocated once for prompt + reserve (masked beyond what is written) changes no draw."""
+    images, _ = images_and_tokens(model)
+    prompts = ["a red circle", "a green triangle"]
+    kw = dict(cfg=2.0, top_k=20, seed=3, return_tokens=True)
+    text_kw = dict(max_new_tokens=6, temperature=1.0, top_k=50, seed=5)
+    img_d, tok_d = model.generate_image(prompts, **kw)
+    captions = model.caption(images, **text_kw)
+    model.cache_implementation = "static"
+    try:
+        img_s, tok_s = model.generate_image(prompts, **kw)
+        assert model.caption(images, **text_kw) == captions
+    finally:
+        model.cache_implementation = "dynamic"
+    for a, b in zip(tok_d, tok_s, strict=True):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(img_s, img_d, rtol=0, atol=1e-4)
+
+
 def test_generation_is_seeded(model):
     a = model.generate_image(["a blue square"], cfg=1.0, top_k=30, seed=0)
     assert torch.equal(a, model.generate_image(["a blue square"], cfg=1.0, top_k=30, seed=0))
