@@ -4,6 +4,11 @@ FIXTURE_DIR holds `tokenizer/` and `llm/` in the released layout (loaded through
 `from_official` loaders) and `io/` with the recorded inputs and outputs (see its README.md). Discrete
 outputs must match exactly; floats must satisfy max|ours - ref| <= 1e-4 * max(1, max|ref|).
 Exit status 1 if any check fails.
+
+`--path fast|compiled` replays the inference checks (and the diffusion sampler's) through the fast
+generation path instead of the eager reference; `--dtype bf16` runs the generating transformer in bf16
+(diffusion head fp32, as HARTPipeline does): the errors then measure how far that path or precision
+strays from the fp32 reference, against the same fp32 tolerance.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .fast_generate import FastPath
 from .generate import GenerationTrace, generate_latent
 from .tokenizer import HARTTokenizer
 from .transformer import HARTTransformer
@@ -141,7 +147,7 @@ def teacher_forced_checks(model: HARTTransformer, tokenizer: HARTTokenizer, io: 
     return out
 
 
-def diffusion_checks(model: HARTTransformer, io: dict) -> list[Check]:
+def diffusion_checks(model: HARTTransformer, io: dict, fast: FastPath | None = None) -> list[Check]:
     head = model.diffusion_head
     net, gen = head.net, head.gen_diffusion
     out = [
@@ -172,17 +178,21 @@ def diffusion_checks(model: HARTTransformer, io: dict) -> list[Check]:
     )
     for field in ("mse", "vb", "loss"):
         out.append(compare(f"diffusion.train_{field}", losses[field], io[f"diff_train_{field}"]))
-    sample = head.sample(io["diffsample_z"], cfg=float(io["diffsample_cfg"]),
-                         noise_fn=NoiseTape(_numbered(io, "diffsample_noise_")))
+    sampler = head if fast is None else fast.diffusion
+    sample = sampler.sample(io["diffsample_z"], cfg=float(io["diffsample_cfg"]),
+                            noise_fn=NoiseTape(_numbered(io, "diffsample_noise_")))
     out.append(compare("diffusion.sample_out", sample, io["diffsample_out"]))
     return out
 
 
-def inference_checks(model: HARTTransformer, tokenizer: HARTTokenizer, io: dict) -> list[Check]:
+def inference_checks(model: HARTTransformer, tokenizer: HARTTokenizer, io: dict,
+                     fast: FastPath | None = None) -> list[Check]:
     trace = GenerationTrace([], [], [])
+    dtype = model.word_embed.weight.dtype
     f_hat = generate_latent(
-        model, tokenizer, io["context"], io["context_mask"], io["context_position_ids"],
+        model, tokenizer, io["context"].to(dtype), io["context_mask"], io["context_position_ids"],
         cfg=float(io["infer_cfg"]), top_k=1, top_p=0.0, noise_fn=NoiseTape(_numbered(io, "noise_")), trace=trace,
+        fast=fast,
     )
     out = []
     for k, (lg, idx) in enumerate(zip(trace.logits, trace.indices, strict=True)):
@@ -198,21 +208,29 @@ def inference_checks(model: HARTTransformer, tokenizer: HARTTokenizer, io: dict)
     return out
 
 
-def run_checks(fixture: str | Path, device: str | torch.device = "cpu") -> list[Check]:
+def run_checks(fixture: str | Path, device: str | torch.device = "cpu", path: str = "eager",
+               dtype: torch.dtype = torch.float32) -> list[Check]:
+    """Every check of one fixture; `path` (eager, fast, compiled) and `dtype` (the generating
+    transformer's) apply to the generation checks."""
     fixture, device = Path(fixture), torch.device(device)
     for sub in ("tokenizer", "llm", "io"):
         if not (fixture / sub).is_dir():
             raise FileNotFoundError(f"{fixture}: missing {sub}/ (expected tokenizer/, llm/ and io/)")
     tokenizer = HARTTokenizer.from_official(fixture / "tokenizer").to(device)
     model = HARTTransformer.from_official(fixture / "llm", fixture / "tokenizer").to(device)
+    generator_model = model
+    if dtype != torch.float32:  # the teacher-forced and diffusion checks stay on the fp32 model
+        generator_model = HARTTransformer.from_official(fixture / "llm", fixture / "tokenizer").to(device, dtype)
+        generator_model.diffusion_head.float()
+    fast = None if path == "eager" else FastPath(generator_model, compile=path == "compiled")
     tok_io = load_file(fixture / "io" / "tokenizer_io.safetensors", device=str(device))
     tr_io = load_file(fixture / "io" / "transformer_io.safetensors", device=str(device))
     with torch.no_grad(), _full_fp32(device):
         return (
             tokenizer_checks(tokenizer, tok_io)
             + teacher_forced_checks(model, tokenizer, tr_io)
-            + diffusion_checks(model, tr_io)
-            + inference_checks(model, tokenizer, tr_io)
+            + diffusion_checks(model, tr_io, fast)
+            + inference_checks(generator_model, tokenizer, tr_io, fast)
         )
 
 
@@ -238,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--device", default="cpu",
                         help="run our side here (e.g. cuda); the references were recorded on CPU")
+    parser.add_argument("--path", choices=("eager", "fast", "compiled"), default="eager",
+                        help="generation path of the inference checks (default: eager, the reference)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="transformer precision of the inference checks (bf16 shows its deviation)")
     args = parser.parse_args(argv)
     try:
         device = torch.device(args.device)
@@ -246,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available to this torch")
     try:
-        checks = run_checks(args.fixture, device)
+        checks = run_checks(args.fixture, device, args.path,
+                            {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

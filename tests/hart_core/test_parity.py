@@ -22,6 +22,17 @@ def test_every_reference_check_passes(fixture_dir):
     assert len(checks) >= 70
 
 
+def test_eager_path_is_bit_exact_and_fast_path_within_tolerance(fixture_dir):
+    """The eager generation reproduces the reference's latent exactly; the fast path within the fp32 tolerance,
+    with every greedy code the same."""
+    eager = {c.name: c for c in parity.run_checks(fixture_dir)}
+    assert eager["inference.fhat"].error == 0 and eager["diffusion.sample_out"].error == 0
+    fast = parity.run_checks(fixture_dir, path="fast")
+    failed = [str(c) for c in fast if not c.passed]
+    assert not failed, "\n".join(failed)
+    assert {c.name: c for c in fast}["inference.fhat"].error < 1e-4
+
+
 def test_cli_exit_codes(tmp_path, capsys):
     fixture = parity_dir("hart_tiny_a")
     assert parity.main([str(fixture)]) == 0
