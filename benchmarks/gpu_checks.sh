@@ -5,8 +5,9 @@
 #   benchmarks/gpu_checks.sh OUT_DIR [PARITY_DIR] 2>&1 | tee OUT_DIR.log   (repository root; PYTHON=python3)
 #
 # 1. HART text-to-image at the official 1024px config in bf16: latency at batch 1, images/s at batch 8
-#    (the numbers benchmarks/RESULTS.md asks for), then batch 16 and one profiled batch-1 generation;
-# 2. the parity tool on CUDA (fp32, TF32 off) for every fixture under PARITY_DIR;
+#    on the eager and the fast path (the numbers benchmarks/RESULTS.md asks for), then the compiled path
+#    (CUDA graphs; its compilation is timed apart), batch 16 and one profiled batch-1 generation;
+# 2. the parity tool on CUDA (fp32, TF32 off) for every fixture under PARITY_DIR, eager, fast and compiled;
 # 3. the shipped default unified model's eval on CUDA.
 set -u
 out=${1:?usage: benchmarks/gpu_checks.sh OUT_DIR [PARITY_DIR]}
@@ -21,14 +22,20 @@ step "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 $py -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-step "official config, bf16, batch 1 and 8"
-timeout 200 $py benchmarks/bench_t2i.py --config official --dtype bf16 --batch-sizes 1,8 \
-    --json "$out/official_bf16.json"
+step "official config, bf16 (head and VAE under bf16 autocast), batch 1 and 8, eager and fast paths"
+timeout 240 $py benchmarks/bench_t2i.py --config official --dtype bf16 --autocast bf16 --batch-sizes 1,8 \
+    --paths eager,fast --json "$out/official_bf16.json"
 
-step "parity on CUDA"
+step "parity on CUDA: eager, fast"
 for fixture in "$parity"/*/; do
-    timeout 60 $py -m hart_core.parity "$fixture" --device cuda | grep -v "^ok " || true
+    for path in eager fast; do
+        timeout 60 $py -m hart_core.parity "$fixture" --device cuda --path $path | grep -v "^ok " || true
+    done
 done
+
+step "official config, bf16, compiled path (CUDA graphs), batch 1 and 8"
+timeout 420 $py benchmarks/bench_t2i.py --config official --dtype bf16 --autocast bf16 --batch-sizes 1,8 \
+    --paths compiled --warmup 2 --iters 5 --json "$out/official_bf16_compiled.json"
 
 step "default unified model eval on CUDA"
 timeout 90 $py -m recipes.cli eval --device cuda --quiet --out "$out/eval_cuda.json"

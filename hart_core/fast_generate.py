@@ -136,6 +136,8 @@ class FastPath:
     def start(self, cond: Conditioning):
         """A step function (scale, inputs) -> hidden states over a fresh sequence for this condition."""
         blocks = self.blocks(cond.tokens.shape[0])
+        if self.compile and blocks.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # a new generation: earlier replays' outputs are done
         blocks.prepare(cond)
 
         def step(scale: int, x: Tensor | None) -> Tensor:
