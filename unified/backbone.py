@@ -38,6 +38,15 @@ class MultiAxisRotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq.float().clone(), persistent=False)
         self.register_buffer("axis", interleaved_axes(inv_freq.numel()), persistent=False)
         self.attention_scaling = attention_scaling
+        self._inv_freq_fp32 = self.inv_freq.detach().cpu().clone()
+
+    def _apply(self, fn, recurse=True):
+        # model.to(torch.bfloat16) would round the frequencies (0.3162 -> 0.3164), so a bf16 model would
+        # rotate differently from the fp32 one it was trained or exported as: they stay fp32
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32:
+            self.inv_freq = self._inv_freq_fp32.to(self.inv_freq.device)
+        return self
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
         pos = position_ids.float()

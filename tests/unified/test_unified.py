@@ -413,3 +413,17 @@ def test_build_from_a_local_pretrained_llm_and_hf_tokenizer(tmp_path):
     model.save_pretrained(tmp_path / "unified")
     again = UnifiedModel.from_pretrained(tmp_path / "unified")
     assert again.caption(images[:2], max_new_tokens=3) == model.caption(images[:2], max_new_tokens=3)
+
+
+def test_bf16_model_keeps_its_rotary_frequencies_in_fp32(model):
+    """Casting the model must not round the rotary frequencies (bf16 would move 0.3162 to 0.3164)."""
+    import copy
+
+    from unified.backbone import MultiAxisRotaryEmbedding
+
+    rotary = next(m for m in model.modules() if isinstance(m, MultiAxisRotaryEmbedding))
+    before = rotary.inv_freq.clone()
+    cast = copy.deepcopy(model).to(torch.bfloat16)
+    rotary_bf16 = next(m for m in cast.modules() if isinstance(m, MultiAxisRotaryEmbedding))
+    assert rotary_bf16.inv_freq.dtype == torch.float32 and torch.equal(rotary_bf16.inv_freq, before)
+    assert next(cast.backbone.parameters()).dtype == torch.bfloat16
