@@ -7,7 +7,10 @@
 
 * patterns whose continuation is predictable from the first second: a rising or falling major scale over
   one octave that starts again, a repeating arpeggio (root, third, fifth, octave), two alternating notes
-  (an interval of 3, 4, 5 or 7 semitones); the first note (MIDI 48-72) is random;
+  (an interval of 3, 4, 5 or 7 semitones); the pattern's base note (MIDI 48-72) is random, and so is where
+  in its cycle a clip starts (a rising scale may begin on its fifth), so about 5,800 distinct training
+  melodies exist and a fresh seed mostly draws one no clip of a 6,000-clip set holds;
+* levels: each clip's peak is random in 0.35-0.75;
 * timbres: sine, square and saw waves (band-limited: no harmonic above Nyquist) and a plucked string
   (harmonics that decay, the higher ones faster);
 * tempos: fast (`TEMPOS`: 0.128 s a note) and slow (0.256 s), notes on a grid from t = 0;
@@ -44,22 +47,23 @@ MAJOR_STEPS = (0, 2, 4, 5, 7, 9, 11, 12)
 ARPEGGIO = (0, 4, 7, 12)
 INTERVALS = (3, 4, 5, 7)
 LOWEST, HIGHEST = 48, 72  # first notes; the highest note is HIGHEST + 12
-PEAK = 0.6
+PEAK = 0.6  # the default level of `render`
+PEAKS = (0.35, 0.75)  # a clip's level is drawn from this range
 
 
-def note_sequence(pattern: str, first: int, count: int, interval: int = 4) -> list[int]:
-    """The first `count` MIDI notes of a pattern starting at `first` (and `interval` for alternating)."""
-    if pattern == "rising":
-        cycle = [first + s for s in MAJOR_STEPS]
-    elif pattern == "falling":
-        cycle = [first + s for s in reversed(MAJOR_STEPS)]
-    elif pattern == "arpeggio":
-        cycle = [first + s for s in ARPEGGIO]
-    elif pattern == "alternating":
-        cycle = [first, first + interval]
-    else:
+def pattern_cycle(pattern: str, interval: int = 4) -> tuple[int, ...]:
+    """One cycle of a pattern in semitones above its base note."""
+    if pattern not in PATTERNS:
         raise ValueError(f"unknown pattern {pattern!r} (known: {', '.join(PATTERNS)})")
-    return [cycle[i % len(cycle)] for i in range(count)]
+    return {"rising": MAJOR_STEPS, "falling": tuple(reversed(MAJOR_STEPS)), "arpeggio": ARPEGGIO,
+            "alternating": (0, interval)}[pattern]
+
+
+def note_sequence(pattern: str, first: int, count: int, interval: int = 4, phase: int = 0) -> list[int]:
+    """`count` MIDI notes of a pattern on base note `first` (and `interval` for alternating), starting at
+    position `phase` of its cycle."""
+    cycle = [first + s for s in pattern_cycle(pattern, interval)]
+    return [cycle[(i + phase) % len(cycle)] for i in range(count)]
 
 
 def midi_to_hz(note: float) -> float:
@@ -93,11 +97,11 @@ def synthesize_note(timbre: str, note: int, seconds: float, sample_rate: int = S
 
 
 def render(timbre: str, notes: list[int], note_seconds: float, sample_rate: int = SAMPLE_RATE,
-           seconds: float = CLIP_SECONDS) -> np.ndarray:
-    """Notes back to back from t = 0 -> float32 [seconds * sample_rate], peak `PEAK`."""
+           seconds: float = CLIP_SECONDS, peak: float = PEAK) -> np.ndarray:
+    """Notes back to back from t = 0 -> float32 [seconds * sample_rate] with the given peak."""
     parts = [synthesize_note(timbre, n, note_seconds, sample_rate) for n in notes]
     wave = np.concatenate(parts)[: int(round(seconds * sample_rate))]
-    return (wave * (PEAK / max(np.abs(wave).max(), 1e-9))).astype(np.float32)
+    return (wave * (peak / max(np.abs(wave).max(), 1e-9))).astype(np.float32)
 
 
 def caption(timbre: str, pattern: str, tempo: str) -> str:
@@ -136,16 +140,18 @@ class ToneWorld:
         interval = INTERVALS[int(rng.integers(len(INTERVALS)))]
         note_seconds = TEMPOS[tempo]
         count = int(np.ceil(self.seconds / note_seconds - 1e-9))
-        notes = note_sequence(pattern, first, count, interval)
+        phase = int(rng.integers(len(pattern_cycle(pattern, interval))))
+        peak = float(rng.uniform(*PEAKS))
+        notes = note_sequence(pattern, first, count, interval, phase)
         return {"timbre": timbre, "pattern": pattern, "tempo": tempo, "note_seconds": note_seconds,
-                "notes": notes, "onsets": [k * note_seconds for k in range(count)]}
+                "notes": notes, "onsets": [k * note_seconds for k in range(count)], "phase": phase, "peak": peak}
 
     def sample(self, i: int, split: str = "train") -> dict:
         m = self.melody(i, split)
         rng = np.random.default_rng([self.seed, SPLITS.index(split), int(i), 1])
         question, answer = [("what is playing?", TIMBRES[m["timbre"]]), ("is it fast or slow?", m["tempo"]),
                             ("what pattern is it?", PATTERNS[m["pattern"]])][int(rng.integers(3))]
-        audio = render(m["timbre"], m["notes"], m["note_seconds"], self.sample_rate, self.seconds)
+        audio = render(m["timbre"], m["notes"], m["note_seconds"], self.sample_rate, self.seconds, m["peak"])
         return {"key": f"tones-{split}-{i:07d}", "split": split, "index": i, "audio": audio,
                 "sample_rate": self.sample_rate, "caption": caption(m["timbre"], m["pattern"], m["tempo"]),
                 "question": question, "answer": answer, **m}
@@ -163,7 +169,7 @@ class ToneWorld:
             buf = io.BytesIO()
             soundfile.write(buf, s["audio"], self.sample_rate, format="WAV", subtype="PCM_16")
             meta = {k: s[k] for k in ("caption", "question", "answer", "timbre", "pattern", "tempo", "notes",
-                                      "onsets", "note_seconds", "split", "index")}
+                                      "onsets", "note_seconds", "phase", "peak", "split", "index")}
             meta.update(seed=self.seed, sample_rate=self.sample_rate)
             return {"__key__": s["key"], "wav": buf.getvalue(), "txt": s["caption"], "json": json.dumps(meta)}
 

@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from recipes.data.tones import INTERVALS, PATTERNS, TEMPOS, midi_to_hz, note_sequence
+from recipes.data.tones import INTERVALS, PATTERNS, TEMPOS, midi_to_hz, pattern_cycle
 
 FMIN, FMAX = 100.0, 1500.0
 YIN_THRESHOLD = 0.15
@@ -126,17 +126,19 @@ def tempo_of(wave: np.ndarray, sample_rate: int) -> str:
 
 
 def pattern_of(notes: list[float | None]) -> str | None:
-    """The pattern whose sequence from the first note matches the most notes (alternating tries each interval)."""
+    """The pattern whose sequence through the first note matches the most notes: every place in its cycle the
+    first note may hold is tried (and, for alternating notes, every interval); ties go to the first tried."""
     if not notes or notes[0] is None:
         return None
     first, best, best_score = round(notes[0]), None, -1.0
     for pattern in PATTERNS:
-        base = first - 12 if pattern == "falling" else first  # a falling scale starts an octave above its base
         for interval in INTERVALS if pattern == "alternating" else (INTERVALS[0],):
-            expected = note_sequence(pattern, base, len(notes), interval)
-            score = np.mean([n is not None and abs(n - e) < 0.5 for n, e in zip(notes, expected, strict=True)])
-            if score > best_score:
-                best, best_score = pattern, score
+            cycle = pattern_cycle(pattern, interval)
+            for phase, offset in enumerate(cycle):
+                expected = [first - offset + cycle[(i + phase) % len(cycle)] for i in range(len(notes))]
+                score = np.mean([n is not None and abs(n - e) < 0.5 for n, e in zip(notes, expected, strict=True)])
+                if score > best_score:
+                    best, best_score = pattern, score
     return best
 
 
