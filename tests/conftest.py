@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -39,3 +40,11 @@ def copy_official(dst: Path, name: str = "hart_tiny_a") -> Path:
         for f in (src / sub).iterdir():
             shutil.copyfile(f, dst / sub / f.name)
     return dst
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

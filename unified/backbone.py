@@ -38,13 +38,13 @@ class MultiAxisRotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq.float().clone(), persistent=False)
         self.register_buffer("axis", interleaved_axes(inv_freq.numel()), persistent=False)
         self.attention_scaling = attention_scaling
-        self._inv_freq_fp32 = self.inv_freq.detach().cpu().clone()
+        self._inv_freq_fp32 = self.inv_freq.detach().clone()  # not a buffer: .to() leaves it fp32
 
     def _apply(self, fn, recurse=True):
         # model.to(torch.bfloat16) would round the frequencies (0.3162 -> 0.3164), so a bf16 model would
         # rotate differently from the fp32 one it was trained or exported as: they stay fp32
         super()._apply(fn, recurse)
-        if self.inv_freq.dtype != torch.float32:
+        if self.inv_freq.dtype != torch.float32 and not self._inv_freq_fp32.is_meta:
             self.inv_freq = self._inv_freq_fp32.to(self.inv_freq.device)
         return self
 

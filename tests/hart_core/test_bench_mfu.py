@@ -1,21 +1,16 @@
 """benchmarks/bench_mfu.py: the FLOPs formula against a hand count, and a short CPU run whose numbers agree."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_mfu.py"
+from ..conftest import load_benchmark
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("bench_mfu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_mfu")
 
 
 def test_flops_match_a_hand_count_of_the_debug_recipe(tmp_path):

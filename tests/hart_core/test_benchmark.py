@@ -1,19 +1,14 @@
 """benchmarks/bench_t2i.py runs end to end on a tiny model and reports consistent timings."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_t2i.py"
+from ..conftest import load_benchmark
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("bench_t2i", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_t2i")
 
 
 @pytest.mark.parametrize("autocast", ["off", "bf16"])

@@ -12,6 +12,8 @@ from hart_core.layers import rotate_half
 from hart_core.tokenizer import HARTTokenizer
 from hart_core.transformer import HARTTransformer
 
+from .test_transformer import random_context
+
 # fp32: the fused norm and addcmul round differently from the reference's separate ops
 LOGIT_ATOL = 1e-4
 LATENT_ATOL = 1e-3
@@ -28,14 +30,6 @@ def build(seed: int = 0, **config):
             block.attn.q_bias.normal_(std=0.1)
             block.attn.v_bias.normal_(std=0.1)
     return tokenizer, model
-
-
-def contexts(model: HARTTransformer, batch: int, seed: int = 1):
-    c = model.config
-    g = torch.Generator().manual_seed(seed)
-    context = torch.randn(batch, c.context_token, c.context_dim, generator=g)
-    lengths = torch.randint(3, c.context_token + 1, (batch,), generator=g)
-    return context, torch.arange(c.context_token)[None] < lengths[:, None]
 
 
 def run(tokenizer, model, context, mask, fast=None, seed=7, **kwargs):
@@ -66,7 +60,7 @@ def test_rotation_matrix_is_rotate_half_exactly():
 ])
 def test_fast_path_draws_what_the_eager_path_draws(config):
     tokenizer, model = build(**config)
-    context, mask = contexts(model, 3)
+    context, mask = random_context(model, 3)
     with torch.inference_mode():
         assert_agree(run(tokenizer, model, context, mask), run(tokenizer, model, context, mask, FastPath(model)))
 
@@ -75,7 +69,7 @@ def test_fast_path_without_cosine_attention_or_guidance():
     tokenizer, model = build()
     for block in model.blocks:
         block.attn.l2_norm, block.attn.scale = False, 0.25 / block.attn.head_dim ** 0.5
-    context, mask = contexts(model, 2)
+    context, mask = random_context(model, 2)
     fast = FastPath(model)
     with torch.inference_mode():
         for cfg in (1.0, 3.0):  # cfg 1.0: the diffusion head samples unguided
@@ -100,7 +94,7 @@ def test_diffusion_sampler_is_bit_exact():
 def test_static_cache_is_reused_without_leaking_between_generations():
     tokenizer, model = build()
     fast = FastPath(model)
-    (ctx_a, mask_a), (ctx_b, mask_b) = contexts(model, 2, seed=1), contexts(model, 2, seed=2)
+    (ctx_a, mask_a), (ctx_b, mask_b) = random_context(model, 2, seed=1), random_context(model, 2, seed=2)
     with torch.inference_mode():
         first, _ = run(tokenizer, model, ctx_a, mask_a, fast)
         run(tokenizer, model, ctx_b, mask_b, fast)  # fills the same cache with other keys
@@ -115,7 +109,7 @@ def test_fast_path_in_bf16_stays_close_to_eager_in_bf16():
     tokenizer, model = build()
     model.to(torch.bfloat16)
     model.diffusion_head.float()
-    context, mask = contexts(model, 2)
+    context, mask = random_context(model, 2)
     with torch.inference_mode():
         (_, ref), (f_fast, fast) = run(tokenizer, model, context, mask, top_k=1), \
             run(tokenizer, model, context, mask, FastPath(model), top_k=1)
@@ -139,7 +133,7 @@ def test_pipeline_path_switch_and_bad_name():
 def test_compiled_path_agrees_and_launches_fewer_ops():
     """One tiny model through torch.compile (each scale step and diffusion step one graph)."""
     tokenizer, model = build(depth=1, patch_nums=(1, 2))
-    context, mask = contexts(model, 1)
+    context, mask = random_context(model, 1)
     compiled = FastPath(model, compile=True)
     with torch.inference_mode():
         reference = run(tokenizer, model, context, mask)
