@@ -8,8 +8,8 @@
 * patterns whose continuation is predictable from the first second: a rising or falling major scale over
   one octave that starts again, a repeating arpeggio (root, third, fifth, octave), two alternating notes
   (an interval of 3, 4, 5 or 7 semitones); the pattern's base note (MIDI 48-72) is random, and so is where
-  in its cycle a clip starts (a rising scale may begin on its fifth), so about 5,800 distinct training
-  melodies exist and a fresh seed mostly draws one no clip of a 6,000-clip set holds;
+  in its cycle a clip starts (a rising scale may begin on its fifth): 4,200 distinct training melodies
+  (6,000 clips of seed 0 hold 3,104 of them, each at its own level);
 * levels: each clip's peak is random in 0.35-0.75;
 * timbres: sine, square and saw waves (band-limited: no harmonic above Nyquist) and a plucked string
   (harmonics that decay, the higher ones faster);

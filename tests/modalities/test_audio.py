@@ -166,5 +166,7 @@ def test_hybrid_path_reconstructs_better_than_discrete_only():
     tokens = codec.quantize.encode(codec.encode_latent(chunks).detach())
     with torch.no_grad():
         hybrid, discrete = codec.decode(tokens), codec.decode(tokens, with_residual=False)
+    # spectral distances: a codec this small (60 steps) has not learnt the waveform's phase, so SI-SDR is ~-30 dB
+    # either way and its sign is noise (it flips with the thread count); the trained codec's SI-SDR is in README
     assert float(mel_distance(hybrid, chunks, SR)) < float(mel_distance(discrete, chunks, SR))
-    assert float(si_sdr(hybrid, chunks).mean()) > float(si_sdr(discrete, chunks).mean())
+    assert float(multi_resolution_stft_loss(hybrid, chunks)) < float(multi_resolution_stft_loss(discrete, chunks))

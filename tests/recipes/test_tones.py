@@ -38,8 +38,8 @@ def test_world_is_deterministic_and_splits_pairs():
     s = a.sample(0)
     assert s["audio"].dtype == np.float32 and len(s["audio"]) == round(2.048 * SR)
     assert abs(np.abs(s["audio"]).max() - s["peak"]) < 1e-6 and 0.35 <= s["peak"] <= 0.75
-    # clips start anywhere in their pattern's cycle, at any level: many more distinct melodies than
-    # (pairs x tempos x base notes), so fresh seeds are mostly melodies no training set of this size holds
+    # clips start anywhere in their pattern's cycle, at any level: 4,200 distinct training melodies, not the
+    # 1,050 of (pairs x tempos x base notes, x intervals for alternating notes)
     assert {m["phase"] for m in train if m["pattern"] == "rising"} == set(range(8))
     distinct = {(m["timbre"], m["tempo"], tuple(m["notes"])) for m in (a.melody(i) for i in range(3000))}
     assert len(distinct) > 2000
