@@ -126,12 +126,14 @@ class FastPath:
     def __init__(self, transformer: HARTTransformer, *, compile: bool = False):
         self.transformer, self.compile = transformer, compile
         self.diffusion = FastDiffusion(transformer.diffusion_head, compile=compile)
-        self._blocks: dict[int, FastBlocks] = {}
+        self._blocks: dict[tuple, FastBlocks] = {}
 
     def blocks(self, rows: int) -> FastBlocks:
-        if rows not in self._blocks:
-            self._blocks[rows] = FastBlocks(self.transformer, rows, compile=self.compile)
-        return self._blocks[rows]
+        weight = self.transformer.word_embed.weight
+        key = (rows, weight.device, weight.dtype)  # a model moved or cast after a generation gets new caches
+        if key not in self._blocks:
+            self._blocks[key] = FastBlocks(self.transformer, rows, compile=self.compile)
+        return self._blocks[key]
 
     def start(self, cond: Conditioning):
         """A step function (scale, inputs) -> hidden states over a fresh sequence for this condition."""

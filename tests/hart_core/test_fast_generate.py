@@ -101,8 +101,21 @@ def test_static_cache_is_reused_without_leaking_between_generations():
         again, _ = run(tokenizer, model, ctx_a, mask_a, fast)
         single, _ = run(tokenizer, model, ctx_a[:1], mask_a[:1], fast)  # another row count: its own cache
     assert torch.equal(again, first)
-    assert set(fast._blocks) == {4, 2}
+    assert {rows for rows, _, _ in fast._blocks} == {4, 2}
     assert single.shape[0] == 1
+
+
+def test_model_cast_after_a_generation_gets_fresh_caches():
+    tokenizer, model = build()
+    fast = FastPath(model)
+    context, mask = random_context(model, 1)
+    with torch.inference_mode():
+        run(tokenizer, model, context, mask, fast)
+        model.to(torch.float64)
+        model.diffusion_head.float()
+        f_hat, _ = run(tokenizer, model, context.double(), mask, fast)
+    assert torch.isfinite(f_hat).all()
+    assert {dtype for _, _, dtype in fast._blocks} == {torch.float32, torch.float64}
 
 
 def test_fast_path_in_bf16_stays_close_to_eager_in_bf16():
