@@ -5,7 +5,8 @@ Two sets of clips: fresh melodies of the training pairs (indices past every trai
 melodies of the held-out (timbre, pattern) pairs.
 
 - continuation: the first `GIVEN_CHUNKS` chunks given, no prompt, the rest of the clip written; the pitch of
-  every written note against the true continuation (within half a semitone) and the onset error (ms);
+  every written note against the true continuation (within half a semitone) and the onset error (ms), also
+  per pattern and tempo;
 - t2a: audio for each clip's caption; the judge's pattern, timbre and tempo against the caption (overall: all);
 - caption: the model's caption of the true clip is exactly its caption;
 - speed: autoregressive steps per second of audio (a step per scale, and one to read a chunk whole for the
@@ -65,10 +66,15 @@ def tones_suite(model, ctx: EvalContext) -> dict:
             t_audio += len(b) * (total - GIVEN_CHUNKS) * codec.chunk_seconds
             for (s, _), audio in zip(b, codec.join(chunks).float().cpu().numpy(), strict=True):
                 scores.append(judge_continuation(audio, s, GIVEN_CHUNKS * codec.chunk_seconds, codec.sample_rate))
+        kinds: dict[str, list[float]] = {}  # which rule fails: accuracy per pattern and tempo
+        for s, r in zip(clips, scores, strict=True):
+            kinds.setdefault(f"{s['pattern']} {s['tempo']}", []).append(r["note_accuracy"])
         out[f"tones_continuation_{name}"] = {
             "note_accuracy": float(np.mean([r["note_accuracy"] for r in scores])),
             "onset_error_ms": float(np.nanmean([r["onset_error_ms"] for r in scores])),
-            "given_seconds": GIVEN_CHUNKS * codec.chunk_seconds, "n": len(scores)}
+            "given_seconds": GIVEN_CHUNKS * codec.chunk_seconds, "n": len(scores),
+            "by_pattern_and_tempo": {k: {"note_accuracy": float(np.mean(v)), "n": len(v)}
+                                     for k, v in sorted(kinds.items())}}
 
         heard = []
         for i, b in enumerate(_batches(clips, ctx.batch_size)):
