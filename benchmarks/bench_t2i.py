@@ -50,7 +50,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hart_core.debug import debug_configs, launch_bound_twin_configs, official_configs  # noqa: E402
-from hart_core.fast_generate import FastPath  # noqa: E402
+from hart_core.fast_generate import PATHS, FastPath  # noqa: E402
 from hart_core.generate import generate_latent  # noqa: E402
 from hart_core.pipeline import HARTPipeline  # noqa: E402
 from hart_core.tokenizer import HARTTokenizer, TokenizerConfig  # noqa: E402
@@ -75,7 +75,6 @@ def small_configs() -> tuple[TokenizerConfig, TransformerConfig]:
 
 CONFIGS = {"debug": debug_configs, "small": small_configs, "official": official_configs,
            "twin": launch_bound_twin_configs}
-PATHS = ("eager", "fast", "compiled")
 
 
 # -- environment -----------------------------------------------------------------------------------

@@ -110,7 +110,10 @@ class MLPAdaLNDenoiser(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, c: Tensor) -> Tensor:
         """x [N, in_channels] noisy residual, t [N] ORIGINAL (1000-step) timesteps, c [N, z]."""
-        y = self.time_embed(t) + self.cond_embed(c)
+        return self.denoise(x, self.time_embed(t) + self.cond_embed(c))
+
+    def denoise(self, x: Tensor, y: Tensor) -> Tensor:
+        """The network after its conditioning: y = time_embed(t) + cond_embed(c) given."""
         h = self.input_proj(x)
         for block in self.res_blocks:
             h = block(h, y)
@@ -120,8 +123,16 @@ class MLPAdaLNDenoiser(nn.Module):
         """Classifier-free guidance, official semantics: rows [:N/2] of c are conditional, rows
         [N/2:] unconditional; only x[:N/2] is read (both halves denoise the same sample). The
         guided eps (1+s)*cond - s*uncond fills both halves; var channels stay per-row, unguided."""
+        return self.guide(self.forward(self.halves(x), t, c), cfg_scale)
+
+    @staticmethod
+    def halves(x: Tensor) -> Tensor:
+        """Both CFG halves denoise the first half's sample (the official reads only x[:N/2])."""
         half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half]), t, c)
+        return torch.cat([half, half])
+
+    def guide(self, out: Tensor, cfg_scale: float | Tensor) -> Tensor:
+        """[eps, var] of [cond; uncond] rows -> the guided eps in both halves, each row's own var."""
         eps, var = out[:, : self.in_channels], out[:, self.in_channels :]
         cond, uncond = eps.chunk(2)
         guided = cond * (1 + cfg_scale) - cfg_scale * uncond

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import rope_1d, rope_2d, scale_coords
 from .transformer import Conditioning, HARTTransformer
 
 Tensor = torch.Tensor
@@ -154,13 +153,9 @@ class FastBlocks:
         )
 
     def _rope_tables(self, cond: Conditioning) -> list[tuple[Tensor, Tensor]]:
-        """cos/sin [rows, 1, n, head_dim] of every scale, from one 2-D RoPE call over all image tokens."""
-        tr, c = self.transformer, self.transformer.config
-        cos_c, sin_c = rope_1d(cond.positions, self.head_dim, c.rope_theta)
-        coords = torch.cat([scale_coords(p, c.patch_nums[-1], self.device) for p in c.patch_nums[1:]])
-        cos_i, sin_i = rope_2d(coords[None] + cond.image_offset[:, None, None], tr.head_dim, c.rope_theta)
-        tables = [(cos_c, sin_c)] + list(zip(cos_i.split(self.sizes[1:], 1), sin_i.split(self.sizes[1:], 1),
-                                            strict=True))
+        """cos/sin [rows, 1, n, head_dim] of every scale (the transformer's own tables), shaped and cast once."""
+        tr = self.transformer
+        tables = [tr.context_rope(cond)] + [tr.image_rope(cond, k) for k in range(1, len(self.sizes))]
         return [(cos.unsqueeze(1).to(self.dtype), sin.unsqueeze(1).to(self.dtype)) for cos, sin in tables]
 
     # -- once per scale -----------------------------------------------------------------------------

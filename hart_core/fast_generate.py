@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from .diffusion import NoiseFn, ResidualDiffusionHead, modulate
+from .diffusion import NoiseFn, ResidualDiffusionHead
 from .fast_blocks import FastBlocks
 from .transformer import Conditioning, HARTTransformer
 
 Tensor = torch.Tensor
 
+PATHS = ("eager", "fast", "compiled")  # the generation paths: the reference, FastPath, FastPath compiled
 _STEP_TABLES = ("sqrt_recip_abar", "sqrt_recipm1_abar", "post_coef1", "post_coef2", "post_logvar", "log_betas")
 
 
@@ -85,15 +86,8 @@ class FastDiffusion:
                       cfg: float | Tensor | None, temperature: float | Tensor) -> Tensor:
         """One reverse step: the denoiser (with the official CFG), then the iDDPM posterior sample."""
         net = self.head.net
-        if cfg is not None:
-            half = x[: len(x) // 2]
-            out = self._denoiser(torch.cat([half, half]), y)
-            eps, var_values = out[:, : net.in_channels], out[:, net.in_channels :]
-            cond_eps, uncond_eps = eps.chunk(2)
-            eps = cond_eps * (1 + cfg) - cfg * uncond_eps
-            eps = torch.cat([eps, eps])
-        else:
-            eps, var_values = self._denoiser(x, y).split(net.in_channels, dim=1)
+        out = net.denoise(x, y) if cfg is None else net.guide(net.denoise(net.halves(x), y), cfg)
+        eps, var_values = out.split(net.in_channels, dim=1)
         frac = (var_values + 1) / 2
         log_variance = frac * c["log_betas"] + (1 - frac) * c["post_logvar"]
         pred_xstart = (c["sqrt_recip_abar"] * x - c["sqrt_recipm1_abar"] * eps).clamp(-1, 1)
@@ -101,17 +95,6 @@ class FastDiffusion:
         if noise is None:  # the last step is noiseless
             return mean
         return mean + torch.exp(0.5 * log_variance) * noise * temperature
-
-    def _denoiser(self, x: Tensor, y: Tensor) -> Tensor:
-        """`MLPAdaLNDenoiser.forward` with y = time_embed(t) + cond_embed(c) given."""
-        net = self.head.net
-        h = net.input_proj(x)
-        for block in net.res_blocks:
-            shift, scale, gate = block.adaLN_modulation(y).chunk(3, dim=-1)
-            h = h + gate * block.mlp(modulate(block.in_ln(h), shift, scale))
-        final = net.final_layer
-        shift, scale = final.adaLN_modulation(y).chunk(2, dim=-1)
-        return final.linear(modulate(final.norm_final(h), shift, scale))
 
 
 class FastPath:

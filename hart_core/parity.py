@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import sys
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .fast_generate import FastPath
+from .fast_generate import PATHS, FastPath
 from .generate import GenerationTrace, generate_latent
 from .tokenizer import HARTTokenizer
 from .transformer import HARTTransformer
@@ -220,7 +221,7 @@ def run_checks(fixture: str | Path, device: str | torch.device = "cpu", path: st
     model = HARTTransformer.from_official(fixture / "llm", fixture / "tokenizer").to(device)
     generator_model = model
     if dtype != torch.float32:  # the teacher-forced and diffusion checks stay on the fp32 model
-        generator_model = HARTTransformer.from_official(fixture / "llm", fixture / "tokenizer").to(device, dtype)
+        generator_model = copy.deepcopy(model).to(dtype)
         generator_model.diffusion_head.float()
     fast = None if path == "eager" else FastPath(generator_model, compile=path == "compiled")
     tok_io = load_file(fixture / "io" / "tokenizer_io.safetensors", device=str(device))
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--device", default="cpu",
                         help="run our side here (e.g. cuda); the references were recorded on CPU")
-    parser.add_argument("--path", choices=("eager", "fast", "compiled"), default="eager",
+    parser.add_argument("--path", choices=PATHS, default="eager",
                         help="generation path of the inference checks (default: eager, the reference)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                         help="transformer precision of the inference checks (bf16 shows its deviation)")

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError
-from .fast_generate import FastPath
+from .fast_generate import PATHS, FastPath
 from .generate import PreviewFn, generate_images
 from .text_encoder import TextEncoder
 from .tokenizer import HARTTokenizer
@@ -80,8 +80,8 @@ class HARTPipeline:
         """"eager": the reference path (bit-exact with the released code); "fast": static KV cache and
         fused ops (the same draws, fp32 rounding apart; see hart_core/fast_blocks.py); "compiled": the fast
         path with each scale step and diffusion step compiled once (CUDA graphs on CUDA; slow to start)."""
-        if path not in ("eager", "fast", "compiled"):
-            raise ValueError(f"unknown generation path {path!r} (expected eager, fast or compiled)")
+        if path not in PATHS:
+            raise ValueError(f"unknown generation path {path!r} (expected {', '.join(PATHS)})")
         self.fast = None if path == "eager" else FastPath(self.transformer, compile=path == "compiled")
         return self
 

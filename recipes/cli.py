@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from hart_core.fast_generate import PATHS
 from modalities.audio_io import WRITE_FORMATS
 
 from .arguments import (
@@ -295,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     t2i.add_argument("--batch-size", type=positive_int, default=4)
     t2i.add_argument("--device", type=device, default=default_device())
     t2i.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
-    t2i.add_argument("--path", choices=("eager", "fast", "compiled"), default="fast",
+    t2i.add_argument("--path", choices=PATHS, default="fast",
                      help="generation path: fast (default: static KV cache, fused ops), eager (the reference, "
                           "bit-exact with the released code) or compiled (fast + torch.compile / CUDA graphs; "
                           "compiles for minutes first, pays off on a GPU)")

@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from recipes.data.tones import INTERVALS, PATTERNS, TEMPOS, midi_to_hz, pattern_cycle
+from recipes.data.tones import INTERVALS, PATTERNS, TEMPOS, midi_to_hz, note_sequence, pattern_cycle
 
 FMIN, FMAX = 100.0, 1500.0
 YIN_THRESHOLD = 0.15
@@ -133,10 +133,8 @@ def pattern_of(notes: list[float | None]) -> str | None:
     first, best, best_score = round(notes[0]), None, -1.0
     for pattern in PATTERNS:
         for interval in INTERVALS if pattern == "alternating" else (INTERVALS[0],):
-            cycle = pattern_cycle(pattern, interval)
-            for phase, offset in enumerate(cycle):
-                expected = [first - offset + cycle[(i + phase) % len(cycle)] for i in range(len(notes))]
-                score = np.mean([n is not None and abs(n - e) < 0.5 for n, e in zip(notes, expected, strict=True)])
+            for phase, offset in enumerate(pattern_cycle(pattern, interval)):
+                score = np.mean(notes_right(notes, note_sequence(pattern, first - offset, len(notes), interval, phase)))
                 if score > best_score:
                     best, best_score = pattern, score
     return best
