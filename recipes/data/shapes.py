@@ -91,6 +91,9 @@ HELDOUT_COMBOS: frozenset[tuple[str, str]] = frozenset(
 ALL_COMBOS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOURS for s in SHAPES)
 TRAIN_COMBOS: tuple[tuple[str, str], ...] = tuple(c for c in ALL_COMBOS if c not in HELDOUT_COMBOS)
 SPLITS = ("train", "heldout")
+# `split="train"` samples from here on are the evaluation's: past every sample training data draws (indices
+# below 1e6), a validation set of the training distribution for choosing sampling settings
+VALIDATION_START = 1_000_000
 TWO_OBJECTS_P = 0.6
 SIZE_IN_CAPTION_P = 0.4
 RELATIVE_P = 0.5  # same-row / same-column pairs: relative caption with this probability

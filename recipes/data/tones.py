@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from .shapes import SPLITS, _check_split
+from .shapes import SPLITS, VALIDATION_START, _check_split
 from .shards import write_shards
 
 SAMPLE_RATE = 8000
@@ -156,10 +156,30 @@ class ToneWorld:
                 "sample_rate": self.sample_rate, "caption": caption(m["timbre"], m["pattern"], m["tempo"]),
                 "question": question, "answer": answer, **m}
 
+    def select(self, split: str = "train", n: int = 1000, start: int = 0, patterns: tuple[str, ...] | None = None,
+               tempos: tuple[str, ...] | None = None, limit: int = VALIDATION_START) -> list[int]:
+        """The first `n` clip indices >= `start` whose melody has one of `patterns` and one of `tempos`
+        (None: any), all below `limit` (where the evaluation's fresh training-pair clips begin)."""
+        _check_split(split)
+        for name, chosen, known in (("pattern", patterns, PATTERNS), ("tempo", tempos, TEMPOS)):
+            unknown = sorted(set(chosen or ()) - set(known))
+            if unknown:
+                raise ValueError(f"unknown {name} {', '.join(unknown)} (known: {', '.join(known)})")
+        picked, i = [], start
+        while len(picked) < n and i < limit:
+            m = self.melody(i, split)
+            if (patterns is None or m["pattern"] in patterns) and (tempos is None or m["tempo"] in tempos):
+                picked.append(i)
+            i += 1
+        if len(picked) < n:
+            raise ValueError(f"only {len(picked)} of {n} clips match below index {limit}")
+        return picked
+
     def write_shards(self, folder: str | os.PathLike, split: str = "train", n: int = 1000,
-                     per_shard: int = 1000) -> str:
-        """Clips 0..n-1 as webdataset tars `folder/tones-SPLIT-NNN.tar`: KEY.wav (16-bit PCM, read back through
-        the audio decoder in training), KEY.txt (the caption), KEY.json (caption, question, answer, notes, ...)."""
+                     per_shard: int = 1000, indices: list[int] | None = None, prefix: str | None = None) -> str:
+        """Clips 0..n-1 (or `indices`) as webdataset tars `folder/PREFIX-NNN.tar` (default prefix tones-SPLIT):
+        KEY.wav (16-bit PCM, read back through the audio decoder in training), KEY.txt (the caption), KEY.json
+        (caption, question, answer, notes, ...)."""
         import soundfile
 
         _check_split(split)
@@ -173,7 +193,8 @@ class ToneWorld:
             meta.update(seed=self.seed, sample_rate=self.sample_rate)
             return {"__key__": s["key"], "wav": buf.getvalue(), "txt": s["caption"], "json": json.dumps(meta)}
 
-        return write_shards(folder, f"tones-{split}", range(n), per_shard, record)
+        items = range(n) if indices is None else indices
+        return write_shards(folder, prefix or f"tones-{split}", items, per_shard, record)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,8 +207,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=1000, help="clips (default 1000)")
     parser.add_argument("--per-shard", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--start", type=int, default=0,
+                        help="first clip index (default 0; training data must stay below the evaluation's "
+                             f"fresh clips at {VALIDATION_START:,})")
+    parser.add_argument("--patterns", help=f"only these patterns, comma-separated ({', '.join(PATTERNS)})")
+    parser.add_argument("--tempos", help=f"only these tempos, comma-separated ({', '.join(TEMPOS)})")
+    parser.add_argument("--prefix", help="shard name prefix (default tones-SPLIT)")
     args = parser.parse_args(argv)
-    print(ToneWorld(args.seed).write_shards(args.out, args.split, args.n, args.per_shard))
+    world = ToneWorld(args.seed)
+    indices = None
+    if args.start or args.patterns or args.tempos:
+        try:
+            indices = world.select(args.split, args.n, args.start,
+                                   tuple(args.patterns.split(",")) if args.patterns else None,
+                                   tuple(args.tempos.split(",")) if args.tempos else None)
+        except ValueError as e:
+            parser.error(str(e))
+    print(world.write_shards(args.out, args.split, args.n, args.per_shard, indices, args.prefix))
 
 
 if __name__ == "__main__":

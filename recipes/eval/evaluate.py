@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recipes.arguments import default_device, device, finite_float, non_negative_int, positive_int
+from recipes.data.shapes import VALIDATION_START
 from recipes.machine import cpu_model
 from recipes.media import atomic_write
 
@@ -39,10 +40,6 @@ def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
-
-# `split="train"` scenes start here, past every sample `write_shards` draws for training (N <= 1e6): a
-# validation set of the training distribution, for choosing sampling settings without the held-out split
-VALIDATION_START = 1_000_000
 
 
 def split_start(split: str) -> int:

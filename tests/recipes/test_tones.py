@@ -127,6 +127,31 @@ def test_shards_round_trip(tmp_path):
     assert set(PATTERNS) >= {truth["pattern"]}
 
 
+def test_selected_clips_match_and_keep_their_world_indices(tmp_path):
+    from recipes.data import open_source
+    from recipes.data.shapes import VALIDATION_START
+
+    world = ToneWorld(seed=0)
+    picked = world.select("train", n=6, start=100, patterns=("rising", "falling"), tempos=("slow",))
+    assert len(picked) == 6 and picked == sorted(picked) and picked[0] >= 100
+    for i in picked:
+        m = world.melody(i, "train")
+        assert m["pattern"] in ("rising", "falling") and m["tempo"] == "slow"
+    skipped = [i for i in range(100, picked[-1]) if i not in picked]
+    assert all(world.melody(i)["pattern"] not in ("rising", "falling") or world.melody(i)["tempo"] != "slow"
+               for i in skipped)
+    with pytest.raises(ValueError, match="unknown pattern"):
+        world.select(patterns=("spiral",))
+    with pytest.raises(ValueError, match="only 0 of 1"):  # never reaches the evaluation's clips
+        world.select(n=1, start=VALIDATION_START)
+
+    pattern = world.write_shards(tmp_path, "train", indices=picked[:2], prefix="slow")
+    assert pattern.endswith("slow-{000..000}.tar")
+    source = open_source(pattern)
+    keys = sorted(source.raw(j)["__key__"] for j in range(len(source)))
+    assert keys == [f"tones-train-{i:07d}" for i in picked[:2]]
+
+
 def test_corrupt_audio_is_skipped_and_counted_in_training(tmp_path):
     import webdataset as wds
 
