@@ -15,7 +15,7 @@ diffusion arithmetic and the results rounded back to the activation dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -200,6 +200,24 @@ def _discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Ten
     )
 
 
+POSTERIOR_TABLES = ("sqrt_recip_abar", "sqrt_recipm1_abar", "post_coef1", "post_coef2", "post_logvar", "log_betas")
+
+
+def posterior(model_output: Tensor, x: Tensor, coef: Mapping[str, Tensor | float],
+              clip: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """The iDDPM reverse-step Gaussian (mean, log variance) and the predicted x_0, from the model's [eps,
+    var_values] and the schedule entries `coef` (POSTERIOR_TABLES; [N, 1] columns, or one step's numbers).
+    The log variance interpolates between the posterior's (var_values = -1) and beta's (+1)."""
+    eps, var_values = model_output.split(x.shape[1], dim=1)
+    frac = (var_values + 1) / 2
+    log_variance = frac * coef["log_betas"] + (1 - frac) * coef["post_logvar"]
+    pred_xstart = coef["sqrt_recip_abar"] * x - coef["sqrt_recipm1_abar"] * eps
+    if clip:
+        pred_xstart = pred_xstart.clamp(-1, 1)
+    mean = coef["post_coef1"] * pred_xstart + coef["post_coef2"] * x
+    return mean, log_variance, pred_xstart
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     # the official rounds every table to fp32; keep fp64 only if the caller works in fp64
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -266,21 +284,13 @@ class GaussianDiffusion:
     def p_mean_variance(
         self, model_output: Tensor, x: Tensor, t: Tensor, clip: bool = True
     ) -> dict[str, Tensor]:
-        """Reverse-step Gaussian from the model's [eps, var_values] at respaced steps t. The log
-        variance interpolates between the posterior's (var_values=-1) and beta's (+1)."""
+        """Reverse-step Gaussian from the model's [eps, var_values] at respaced steps t."""
         cd = _compute_dtype(x.dtype)
         x, model_output = x.to(cd), model_output.to(cd)
-        eps, var_values = model_output.split(x.shape[1], dim=1)
-        min_log, max_log = self._coef("post_logvar", t, cd), self._coef("log_betas", t, cd)
-        frac = (var_values + 1) / 2
-        log_variance = frac * max_log + (1 - frac) * min_log
-        pred_xstart = self._coef("sqrt_recip_abar", t, cd) * x - self._coef(
-            "sqrt_recipm1_abar", t, cd
-        ) * eps
-        if clip:
-            pred_xstart = pred_xstart.clamp(-1, 1)
+        coef = {name: self._coef(name, t, cd) for name in POSTERIOR_TABLES}
+        mean, log_variance, pred_xstart = posterior(model_output, x, coef, clip)
         return {
-            "mean": self.q_posterior_mean(pred_xstart, x, t),
+            "mean": mean,
             "variance": torch.exp(log_variance),
             "log_variance": log_variance,
             "pred_xstart": pred_xstart,

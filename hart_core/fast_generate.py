@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from .diffusion import NoiseFn, ResidualDiffusionHead
+from .diffusion import POSTERIOR_TABLES, NoiseFn, ResidualDiffusionHead, posterior
 from .fast_blocks import FastBlocks
 from .transformer import Conditioning, HARTTransformer
 
 Tensor = torch.Tensor
 
 PATHS = ("eager", "fast", "compiled")  # the generation paths: the reference, FastPath, FastPath compiled
-_STEP_TABLES = ("sqrt_recip_abar", "sqrt_recipm1_abar", "post_coef1", "post_coef2", "post_logvar", "log_betas")
 
 
 class FastDiffusion:
@@ -44,10 +43,10 @@ class FastDiffusion:
         diffusion = self.head.gen_diffusion
         key = (id(diffusion), dtype, device)
         if key not in self._tables:
-            rows = [diffusion._names[name] for name in _STEP_TABLES]
+            rows = [diffusion._names[name] for name in POSTERIOR_TABLES]
             table = diffusion._tables[rows].to(dtype)
             table = table.to(device).unbind(1) if self.compiled else table.T.tolist()
-            self._tables = {key: [dict(zip(_STEP_TABLES, column, strict=True)) for column in table]}
+            self._tables = {key: [dict(zip(POSTERIOR_TABLES, column, strict=True)) for column in table]}
         return self._tables[key]
 
     @torch.no_grad()
@@ -87,11 +86,7 @@ class FastDiffusion:
         """One reverse step: the denoiser (with the official CFG), then the iDDPM posterior sample."""
         net = self.head.net
         out = net.denoise(x, y) if cfg is None else net.guide(net.denoise(net.halves(x), y), cfg)
-        eps, var_values = out.split(net.in_channels, dim=1)
-        frac = (var_values + 1) / 2
-        log_variance = frac * c["log_betas"] + (1 - frac) * c["post_logvar"]
-        pred_xstart = (c["sqrt_recip_abar"] * x - c["sqrt_recipm1_abar"] * eps).clamp(-1, 1)
-        mean = c["post_coef1"] * pred_xstart + c["post_coef2"] * x
+        mean, log_variance, _ = posterior(out, x, c)
         if noise is None:  # the last step is noiseless
             return mean
         return mean + torch.exp(0.5 * log_variance) * noise * temperature
