@@ -118,6 +118,41 @@ def parse_caption(text: str) -> dict:
     raise ValueError(f"not a Tone World caption: {text!r}")
 
 
+def continuation_ceiling(tempo: str, given_seconds: float, seconds: float = CLIP_SECONDS) -> dict[str, float]:
+    """Per pattern, the fraction of continued notes the best possible guess gets right from the notes heard in the
+    first `given_seconds` (every base note, phase and interval as likely as the world draws them). Below 1.0
+    where different melodies begin alike: 4 slow notes of a rising scale from its root (0 2 4 5) sound like
+    its upper half (7 9 11 12), which goes on an octave lower, so slow scales top out at 0.91."""
+    if tempo not in TEMPOS:
+        raise ValueError(f"unknown tempo {tempo!r} (known: {', '.join(TEMPOS)})")
+    count = int(np.ceil(seconds / TEMPOS[tempo] - 1e-9))
+    given = int(round(given_seconds / TEMPOS[tempo]))
+    if not 0 < given < count:
+        raise ValueError(f"{given_seconds} s holds {given} of the {count} notes of a {tempo} clip")
+    heard: dict[tuple, list[tuple[float, str, tuple]]] = {}  # the given notes -> (weight, pattern, the rest)
+    bases = range(LOWEST, HIGHEST + 1)
+    for pattern in PATTERNS:
+        intervals = INTERVALS if pattern == "alternating" else INTERVALS[:1]  # the interval only moves alternation
+        for interval in intervals:
+            cycle = len(pattern_cycle(pattern, interval))
+            for base in bases:
+                for phase in range(cycle):
+                    notes = tuple(note_sequence(pattern, base, count, interval, phase))
+                    weight = 1.0 / (len(intervals) * len(bases) * cycle)
+                    heard.setdefault(notes[:given], []).append((weight, pattern, notes[given:]))
+    right = dict.fromkeys(PATTERNS, 0.0)
+    for melodies in heard.values():
+        guess = []  # note by note, the likeliest
+        for j in range(count - given):
+            votes: dict[int, float] = {}
+            for weight, _, rest in melodies:
+                votes[rest[j]] = votes.get(rest[j], 0.0) + weight
+            guess.append(max(votes, key=votes.get))
+        for weight, pattern, rest in melodies:
+            right[pattern] += weight * float(np.mean([a == b for a, b in zip(rest, guess, strict=True)]))
+    return right
+
+
 class ToneWorld:
     def __init__(self, seed: int = 0, sample_rate: int = SAMPLE_RATE, seconds: float = CLIP_SECONDS):
         if sample_rate < 4000:

@@ -6,7 +6,8 @@ melodies of the held-out (timbre, pattern) pairs.
 
 - continuation: the first `GIVEN_CHUNKS` chunks given, no prompt, the rest of the clip written; the pitch of
   every written note against the true continuation (within half a semitone) and the onset error (ms), also
-  per pattern and tempo;
+  per pattern and tempo, each beside its ceiling (`continuation_ceiling`: what the best guess from the given
+  notes gets right);
 - t2a: audio for each clip's caption; the judge's pattern, timbre and tempo against the caption (overall: all);
 - caption: the model's caption of the true clip is exactly its caption;
 - speed: autoregressive steps per second of audio (a step per scale, and one to read a chunk whole for the
@@ -20,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from recipes.data.tones import CLIP_SECONDS, ToneWorld, parse_caption
+from recipes.data.tones import CLIP_SECONDS, TEMPOS, ToneWorld, continuation_ceiling, parse_caption
 
 from .evaluate import VALIDATION_START, EvalContext, _batches, register_suite
 from .tone_judge import describe_clip, judge_continuation
@@ -34,8 +35,8 @@ def _table(results: dict, which: str) -> list[tuple[str, object]]:
     for name in SETS:
         c, t = results[f"tones_continuation_{name}"], results[f"tones_t2a_{name}"]
         cap = results[f"tones_caption_{name}"]
-        rows += [(f"Tone World continuation note accuracy ({name.replace('_', ' ')}) | onset error ms",
-                  f"{c['note_accuracy']:.3f} | {c['onset_error_ms']:.1f}"),
+        rows += [(f"Tone World continuation note accuracy ({name.replace('_', ' ')}) (ceiling) | onset error ms",
+                  f"{c['note_accuracy']:.3f} ({c['ceiling']:.3f}) | {c['onset_error_ms']:.1f}"),
                  (f"Tone World text-to-audio overall ({name.replace('_', ' ')}): pattern / timbre / tempo",
                   f"{t['overall']:.3f}: {t['pattern']:.3f} / {t['timbre']:.3f} / {t['tempo']:.3f}"),
                  (f"Tone World audio captioning ({name.replace('_', ' ')})", cap["accuracy"])]
@@ -69,11 +70,16 @@ def tones_suite(model, ctx: EvalContext) -> dict:
         kinds: dict[str, list[float]] = {}  # which rule fails: accuracy per pattern and tempo
         for s, r in zip(clips, scores, strict=True):
             kinds.setdefault(f"{s['pattern']} {s['tempo']}", []).append(r["note_accuracy"])
+        given_seconds = GIVEN_CHUNKS * codec.chunk_seconds
+        ceilings = {tempo: continuation_ceiling(tempo, given_seconds) for tempo in TEMPOS}
         out[f"tones_continuation_{name}"] = {
             "note_accuracy": float(np.mean([r["note_accuracy"] for r in scores])),
+            # the best any model can do from the given notes (some beginnings fit two melodies)
+            "ceiling": float(np.mean([ceilings[s["tempo"]][s["pattern"]] for s in clips])),
             "onset_error_ms": float(np.nanmean([r["onset_error_ms"] for r in scores])),
-            "given_seconds": GIVEN_CHUNKS * codec.chunk_seconds, "n": len(scores),
-            "by_pattern_and_tempo": {k: {"note_accuracy": float(np.mean(v)), "n": len(v)}
+            "given_seconds": given_seconds, "n": len(scores),
+            "by_pattern_and_tempo": {k: {"note_accuracy": float(np.mean(v)), "n": len(v),
+                                         "ceiling": ceilings[k.split()[1]][k.split()[0]]}
                                      for k, v in sorted(kinds.items())}}
 
         heard = []

@@ -69,3 +69,16 @@ def test_demo_shows_players_and_spectrograms(tmp_path, model_dir):
     assert page.count("<audio controls") == 3 and "a rising tone" in page  # one prompt + given + continued
     assert len(read_audio(out / "audio00.wav")) == 16 * 1024  # 2.048 s at 8 kHz
     assert Image.open(out / "audio00.png").height == 128
+
+
+def test_tones_suite_reports_each_score_beside_its_ceiling(tmp_path, model_dir, capsys):
+    import json
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(model_dir), "--suite", "tones", "--n", "2", "--out", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    for name in ("seen_pairs", "heldout_pairs"):
+        c = result[f"tones_continuation_{name}"]
+        assert 0.0 <= c["note_accuracy"] <= 1.0 and 0.0 < c["ceiling"] <= 1.0 + 1e-9
+        assert sum(k["n"] for k in c["by_pattern_and_tempo"].values()) == c["n"] == 2
+        assert all(0.0 < k["ceiling"] <= 1.0 + 1e-9 for k in c["by_pattern_and_tempo"].values())

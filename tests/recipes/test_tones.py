@@ -152,6 +152,24 @@ def test_selected_clips_match_and_keep_their_world_indices(tmp_path):
     assert keys == [f"tones-train-{i:07d}" for i in picked[:2]]
 
 
+def test_continuation_ceiling_finds_the_melodies_that_begin_alike():
+    from recipes.data.tones import continuation_ceiling
+
+    # a fast clip's first second holds a whole cycle of every pattern: its continuation is certain
+    assert all(v == pytest.approx(1.0) for v in continuation_ceiling("fast", 1.024).values())
+    slow = continuation_ceiling("slow", 1.024)
+    assert slow["arpeggio"] == pytest.approx(1.0) and slow["alternating"] == pytest.approx(1.0)
+    # 4 slow notes from a scale's root sound like its upper half (same steps); the two go on an octave apart:
+    # ambiguous when the first note fits both (18 of 25 base notes), for 2 of 8 phases, half of them guessed wrong
+    assert slow["rising"] == pytest.approx(1 - 2 / 8 * 18 / 25 / 2)
+    assert slow["falling"] == pytest.approx(slow["rising"])
+    assert continuation_ceiling("slow", 0.256)["rising"] < slow["rising"]  # one note tells less than four
+    with pytest.raises(ValueError, match="holds 0 of the 8 notes"):
+        continuation_ceiling("slow", 0.1)
+    with pytest.raises(ValueError, match="unknown tempo"):
+        continuation_ceiling("presto", 1.0)
+
+
 def test_corrupt_audio_is_skipped_and_counted_in_training(tmp_path):
     import webdataset as wds
 
