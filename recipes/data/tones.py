@@ -250,14 +250,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix", help="shard name prefix (default tones-SPLIT)")
     args = parser.parse_args(argv)
     world = ToneWorld(args.seed)
-    indices = None
-    if args.start or args.patterns or args.tempos:
-        try:
-            indices = world.select(args.split, args.n, args.start,
-                                   tuple(args.patterns.split(",")) if args.patterns else None,
-                                   tuple(args.tempos.split(",")) if args.tempos else None)
-        except ValueError as e:
-            parser.error(str(e))
+    try:
+        indices = world.select(args.split, args.n, args.start,
+                               tuple(args.patterns.split(",")) if args.patterns else None,
+                               tuple(args.tempos.split(",")) if args.tempos else None)
+    except ValueError as e:
+        parser.error(str(e))
     print(world.write_shards(args.out, args.split, args.n, args.per_shard, indices, args.prefix))
 
 

@@ -41,7 +41,6 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
-
 def split_start(split: str) -> int:
     """Index of the first Shapes World scene an evaluation of `split` uses: held-out scenes from 0, fresh
     training-split scenes from VALIDATION_START."""

@@ -52,6 +52,8 @@ def tones_suite(model, ctx: EvalContext) -> dict:
     world = ToneWorld(seed=0, sample_rate=codec.sample_rate)
     total = codec.segments_for(CLIP_SECONDS)
     out: dict = {}
+    given_seconds = GIVEN_CHUNKS * codec.chunk_seconds
+    ceilings = {tempo: continuation_ceiling(tempo, given_seconds) for tempo in TEMPOS}  # {tempo: {pattern: ...}}
     t_audio, t_compute = 0.0, 0.0
     for name, (split, start) in SETS.items():
         clips = [world.sample(start + i, split) for i in range(ctx.n)]
@@ -66,21 +68,19 @@ def tones_suite(model, ctx: EvalContext) -> dict:
             t_compute += time.perf_counter() - t0
             t_audio += len(b) * (total - GIVEN_CHUNKS) * codec.chunk_seconds
             for (s, _), audio in zip(b, codec.join(chunks).float().cpu().numpy(), strict=True):
-                scores.append(judge_continuation(audio, s, GIVEN_CHUNKS * codec.chunk_seconds, codec.sample_rate))
-        kinds: dict[str, list[float]] = {}  # which rule fails: accuracy per pattern and tempo
+                scores.append(judge_continuation(audio, s, given_seconds, codec.sample_rate))
+        kinds: dict[tuple[str, str], list[float]] = {}  # which rule fails: accuracy per pattern and tempo
         for s, r in zip(clips, scores, strict=True):
-            kinds.setdefault(f"{s['pattern']} {s['tempo']}", []).append(r["note_accuracy"])
-        given_seconds = GIVEN_CHUNKS * codec.chunk_seconds
-        ceilings = {tempo: continuation_ceiling(tempo, given_seconds) for tempo in TEMPOS}
+            kinds.setdefault((s["pattern"], s["tempo"]), []).append(r["note_accuracy"])
         out[f"tones_continuation_{name}"] = {
             "note_accuracy": float(np.mean([r["note_accuracy"] for r in scores])),
             # the best any model can do from the given notes (some beginnings fit two melodies)
             "ceiling": float(np.mean([ceilings[s["tempo"]][s["pattern"]] for s in clips])),
             "onset_error_ms": float(np.nanmean([r["onset_error_ms"] for r in scores])),
             "given_seconds": given_seconds, "n": len(scores),
-            "by_pattern_and_tempo": {k: {"note_accuracy": float(np.mean(v)), "n": len(v),
-                                         "ceiling": ceilings[k.split()[1]][k.split()[0]]}
-                                     for k, v in sorted(kinds.items())}}
+            "by_pattern_and_tempo": {f"{pattern} {tempo}": {"note_accuracy": float(np.mean(v)), "n": len(v),
+                                                            "ceiling": ceilings[tempo][pattern]}
+                                     for (pattern, tempo), v in sorted(kinds.items())}}
 
         heard = []
         for i, b in enumerate(_batches(clips, ctx.batch_size)):
