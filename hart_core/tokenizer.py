@@ -20,7 +20,7 @@ from hart_core.checkpoint import (
     save_folder,
 )
 from hart_core.quantizer import Grid, HybridTokens, MultiScaleResidualQuantizer
-from hart_core.vae import Decoder, Encoder
+from hart_core.vae import NORMS, Decoder, Encoder
 
 
 @dataclass
@@ -50,6 +50,13 @@ class TokenizerConfig:
     freeze_codebook_for_hybrid: bool = True
     test_mode: bool = False  # official: eval() and freeze every parameter
     double_decoder: bool = False
+    # self-attention in the encoder/decoder (VAR's switches; HART's tokenizers have both). Off: a latent
+    # position sees only the convolutions' neighbourhood, so codes stay local (see vae.Encoder)
+    using_sa: bool = True
+    using_mid_sa: bool = True
+    # "group": HART's GroupNorm; "channel": per-position LayerNorm over channels (vae.ChannelNorm), so no
+    # statistic is shared across positions either
+    norm: str = "group"
 
     def __post_init__(self) -> None:
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -64,6 +71,8 @@ class TokenizerConfig:
         if self.double_decoder:
             raise ValueError("double_decoder=True (second decoder for discrete-only "
                              "reconstructions) is not supported")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm={self.norm!r}: expected one of {NORMS}")
         if any(len(p) != 2 for p in self.v_patch_nums if not isinstance(p, int)):
             raise ValueError(f"v_patch_nums entries must be ints or (h, w): {self.v_patch_nums}")
 
@@ -92,7 +101,8 @@ class HARTTokenizer(nn.Module):
         c = config
         vae_kwargs = dict(ch=c.ch, ch_mult=c.ch_mult, z_channels=c.z_channels,
                           num_res_blocks=c.num_res_blocks, dropout=c.dropout,
-                          in_channels=c.in_channels)
+                          in_channels=c.in_channels, using_sa=c.using_sa, using_mid_sa=c.using_mid_sa,
+                          norm=c.norm)
         self.encoder = Encoder(**vae_kwargs)
         self.decoder = Decoder(**vae_kwargs)
         self.quant_conv = nn.Conv2d(c.z_channels, c.z_channels, c.quant_conv_ks,

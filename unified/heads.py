@@ -46,6 +46,12 @@ class HeadConfig:
     # add to the free per-code logits a score tied to the codebook, (W h) . e_k: codes whose latents
     # are alike get alike logits, so what is learned about one code carries over to its neighbours
     codebook_logits: bool = False
+    # how the complete latent (what captioning and QA read) enters the backbone: "linear" (word_embed only, as
+    # the scale groups) or "conv" (plus a small convolutional network over the latent grid, so each position
+    # arrives knowing its neighbourhood: a shape spans several latent positions). The conv branch starts at
+    # zero, so a "linear" checkpoint loads into a "conv" head and begins as the same model
+    reader: str = "linear"
+    reader_width: int = 64
     # sampling defaults of this modality (a model's own best, chosen after training)
     default_cfg: float = 3.0
     # None follows HART's released schedule (600, then 300); 1 is greedy (on the default model it helps
@@ -56,6 +62,8 @@ class HeadConfig:
     end: str = ""
 
     def __post_init__(self) -> None:
+        if self.reader not in ("linear", "conv"):
+            raise ValueError(f"reader={self.reader!r}: expected 'linear' or 'conv'")
         default_begin, default_end = item_specials(self.modality)
         self.begin, self.end = self.begin or default_begin, self.end or default_end
 
@@ -66,7 +74,7 @@ class HeadConfig:
 @register_head("hybrid")
 class ModalityHead(nn.Module):
     def __init__(self, config: HeadConfig, hidden: int, latent_dim: int, codebook_size: int, num_scales: int,
-                 norm_eps: float = 1e-6):
+                 norm_eps: float = 1e-6, grid: tuple[int, ...] | None = None):
         super().__init__()
         self.config = config
         self.num_scales = num_scales
@@ -82,6 +90,7 @@ class ModalityHead(nn.Module):
         self.head = nn.Linear(hidden, codebook_size)
         self.code_query = nn.Linear(hidden, latent_dim, bias=False) if config.codebook_logits else None
         self.cond_norm = RMSNorm(hidden, norm_eps)
+        self.reader = ConvReader(latent_dim, hidden, config.reader_width, grid) if config.reader == "conv" else None
         self.diffusion = ResidualDiffusionHead(
             target_channels=latent_dim, z_channels=hidden, width=config.diff_width, depth=config.diff_depth,
             num_sampling_steps=config.num_sampling_steps, vae_scale=config.vae_scale,
@@ -93,7 +102,10 @@ class ModalityHead(nn.Module):
         extra = self.scale_embed(zero + group) + self.modality_embed(zero)  # [1, hidden]
         if latent_tokens is None:
             return (self.start(zero) + extra).expand(batch, n, -1)
-        return self.word_embed(latent_tokens.to(self.word_embed.weight.dtype)) + extra
+        x = self.word_embed(latent_tokens.to(self.word_embed.weight.dtype)) + extra
+        if self.reader is not None and group == self.num_scales:
+            x = x + self.reader(latent_tokens.to(x.dtype))
+        return x
 
     def logits(self, hidden: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
         """Code logits [..., V] from hidden states [..., D]; codebook [V, latent_dim] is the codec's."""
@@ -104,6 +116,27 @@ class ModalityHead(nn.Module):
 
     def diffusion_condition(self, hidden: torch.Tensor, code_embeddings: torch.Tensor) -> torch.Tensor:
         return self.cond_norm(hidden + self.word_embed(code_embeddings.to(hidden.dtype)))
+
+
+class ConvReader(nn.Module):
+    """[B, n, latent_dim] tokens of a complete latent on `grid` (n = prod(grid); a 1-D grid is a row) ->
+    [B, n, hidden]: two 3x3 convolutions, the second zero-initialised."""
+
+    def __init__(self, latent_dim: int, hidden: int, width: int, grid: tuple[int, ...] | None):
+        super().__init__()
+        if grid is None:
+            raise ValueError("reader='conv' needs the codec's latent grid")
+        self.grid = (1, *grid) if len(grid) == 1 else tuple(grid)
+        self.conv_in = nn.Conv2d(latent_dim, width, 3, padding=1)
+        self.conv_out = nn.Conv2d(width, hidden, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        B, n, C = tokens.shape
+        x = tokens.transpose(1, 2).reshape(B, C, *self.grid)
+        x = self.conv_out(nn.functional.gelu(self.conv_in(x)))
+        return x.flatten(2).transpose(1, 2)
 
 
 def build_head(config: HeadConfig, **kwargs) -> nn.Module:

@@ -70,7 +70,7 @@ class UnifiedModel(GenerationMixin, nn.Module):
         self.heads = nn.ModuleDict({
             h.modality: build_head(h, hidden=hidden, latent_dim=codecs[h.modality].latent_dim,
                                    codebook_size=codecs[h.modality].codebook_size,
-                                   num_scales=codecs[h.modality].num_scales)
+                                   num_scales=codecs[h.modality].num_scales, grid=codecs[h.modality].grids[-1])
             for h in config.heads
         })
         self.builder = SequenceBuilder({m: c.grids for m, c in codecs.items()}, self.special("<pad>"))

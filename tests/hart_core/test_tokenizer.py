@@ -307,3 +307,43 @@ def test_hybrid_tokens_helpers():
     assert t.to("cpu").residual.shape == (3, 4, 8)
     with pytest.raises(ValueError):
         HybridTokens([torch.zeros(3, 2, dtype=torch.long)], None, ((1, 1),))
+
+
+def test_attention_switches(tmp_path):
+    """using_sa / using_mid_sa default to HART's layout (attention at the lowest resolution and in the middle);
+    off, the encoder and decoder hold no attention at all, and the folder round-trips with the switches."""
+    from hart_core.vae import AttnBlock
+
+    small = dict(vocab_size=32, z_channels=8, ch=32, ch_mult=(1, 2), v_patch_nums=(1, 2, 4), quantizer_type="var")
+    with_attn = HARTTokenizer(TokenizerConfig(**small))
+    assert sum(isinstance(m, AttnBlock) for m in with_attn.modules()) == 2 + 1 + 3 + 1
+    for sa, mid_sa, count in ((False, True, 2), (True, False, 5), (False, False, 0)):
+        tok = HARTTokenizer(TokenizerConfig(**small, using_sa=sa, using_mid_sa=mid_sa))
+        assert sum(isinstance(m, AttnBlock) for m in tok.modules()) == count
+    local = HARTTokenizer(TokenizerConfig(**small, using_sa=False, using_mid_sa=False)).eval()
+    assert not any("attn" in k for k in local.state_dict())
+    local.save_pretrained(tmp_path / "tok")
+    again = HARTTokenizer.from_pretrained(tmp_path / "tok")
+    assert again.config.using_sa is False and again.config.using_mid_sa is False
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    torch.testing.assert_close(again.decode(again.encode(images)), local.decode(local.encode(images)),
+                               rtol=0, atol=0)
+
+
+def test_channel_norm_without_attention_keeps_the_latent_local():
+    """With norm="channel" and no attention, a latent position depends only on the pixels its convolutions
+    reach (53 px here): redrawing the far corner leaves the top-left latent bit-identical. HART's GroupNorm shares
+    statistics across positions, so the same edit moves it."""
+    torch.manual_seed(0)
+    small = dict(vocab_size=32, z_channels=8, ch=32, ch_mult=(1, 2), v_patch_nums=(4, 32), quantizer_type="var",
+                 using_sa=False, using_mid_sa=False)
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    edited = images.clone()
+    edited[..., 60:, 60:] = -images[..., 60:, 60:]
+    for norm, local in (("channel", True), ("group", False)):
+        tok = HARTTokenizer(TokenizerConfig(**small, norm=norm)).eval()
+        with torch.no_grad():
+            a, b = tok.encode_latent(images)[..., :2, :2], tok.encode_latent(edited)[..., :2, :2]
+        assert torch.equal(a, b) == local, norm
+    with pytest.raises(ValueError, match="norm"):
+        TokenizerConfig(**small, norm="batch")

@@ -427,3 +427,37 @@ def test_bf16_model_keeps_its_rotary_frequencies_in_fp32(model):
     rotary_bf16 = next(m for m in cast.modules() if isinstance(m, MultiAxisRotaryEmbedding))
     assert rotary_bf16.inv_freq.dtype == torch.float32 and torch.equal(rotary_bf16.inv_freq, before)
     assert next(cast.backbone.parameters()).dtype == torch.bfloat16
+
+
+def test_conv_reader(tmp_path):
+    """reader="conv" adds a convolution over the complete latent's grid to what captioning reads: it starts at
+    zero (a "linear" model's weights give the same embeddings), then each position sees its neighbours but
+    not far positions, the scale groups are untouched, and the option survives save/load and adopt_weights."""
+    text = TextTokenizer.train(list(SHAPES) * 4, vocab_size=300)
+    codec = debug_image_codec(0)
+    torch.manual_seed(0)
+    linear = UnifiedModel.build(text, {"image": codec}, backbone_config("qwen2", text.vocab_size),
+                                heads=[HeadConfig(diff_width=64, diff_depth=2)]).eval()
+    linear.save_pretrained(tmp_path / "linear")
+    conv = UnifiedModel.build(text, {"image": codec}, backbone_config("qwen2", text.vocab_size),
+                              heads=[HeadConfig(diff_width=64, diff_depth=2, reader="conv", reader_width=16)]).eval()
+    fresh = conv.adopt_weights(tmp_path / "linear")
+    assert fresh and all(name.startswith("heads.image.reader.") for name in fresh)
+    head, K = conv.heads["image"], codec.num_scales
+    h, w = codec.grids[-1]
+    latent = torch.randn(2, h * w, codec.latent_dim)
+    torch.testing.assert_close(head.embed(K, latent, 2, h * w), linear.heads["image"].embed(K, latent, 2, h * w))
+    with torch.no_grad():
+        torch.nn.init.normal_(head.reader.conv_out.weight, std=0.1)
+    edited = latent.clone()
+    edited[:, 0] += 1.0  # the top-left position
+    moved = (head.embed(K, edited, 2, h * w) - head.embed(K, latent, 2, h * w)).abs().amax(dim=(0, 2))
+    neighbours = {0, 1, 2, w, w + 1, w + 2, 2 * w, 2 * w + 1, 2 * w + 2}  # two 3x3 convolutions reach 2 away
+    assert all(moved[i] > 0 for i in (1, w, w + 1)) and all(moved[i] == 0 for i in range(h * w) if i not in neighbours)
+    scale_latent = torch.randn(2, 4, codec.latent_dim)
+    torch.testing.assert_close(head.embed(1, scale_latent, 2, 4), linear.heads["image"].embed(1, scale_latent, 2, 4))
+    conv.save_pretrained(tmp_path / "conv")
+    again = UnifiedModel.from_pretrained(tmp_path / "conv")
+    torch.testing.assert_close(again.heads["image"].embed(K, latent, 2, h * w), head.embed(K, latent, 2, h * w))
+    with pytest.raises(ValueError, match="reader"):
+        HeadConfig(reader="attention")
