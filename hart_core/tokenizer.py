@@ -72,7 +72,7 @@ class TokenizerConfig:
             raise ValueError("double_decoder=True (second decoder for discrete-only "
                              "reconstructions) is not supported")
         if self.norm not in NORMS:
-            raise ValueError(f"norm={self.norm!r}: expected one of {NORMS}")
+            raise ValueError(f"norm={self.norm!r}: expected one of {tuple(NORMS)}")
         if any(len(p) != 2 for p in self.v_patch_nums if not isinstance(p, int)):
             raise ValueError(f"v_patch_nums entries must be ints or (h, w): {self.v_patch_nums}")
 

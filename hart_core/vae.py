@@ -10,8 +10,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-NORMS = ("group", "channel")
-
 
 class ChannelNorm(nn.Module):
     """LayerNorm over the channels of each position: unlike GroupNorm it takes no statistics across positions,
@@ -29,11 +27,18 @@ class ChannelNorm(nn.Module):
         return y.movedim(-1, 1)
 
 
-def _norm(channels: int, kind: str = "group") -> nn.Module:
-    """kind "group": HART's GroupNorm(32) (statistics over channels and positions); "channel": ChannelNorm."""
-    if kind == "channel":
-        return ChannelNorm(channels)
+def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+
+
+# "group": HART's GroupNorm(32) (statistics over channels and positions); "channel": ChannelNorm
+NORMS = {"group": _group_norm, "channel": ChannelNorm}
+
+
+def _norm(channels: int, kind: str = "group") -> nn.Module:
+    if kind not in NORMS:
+        raise ValueError(f"norm={kind!r}: expected one of {tuple(NORMS)}")
+    return NORMS[kind](channels)
 
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1, padding: int = 1) -> nn.Conv2d:

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 from hart_core.quantizer import HybridTokens
 from modalities import TextTokenizer, debug_image_codec
 from unified import Example, HeadConfig, UnifiedConfig, UnifiedModel
+from unified.heads import ConvReader
 from unified.sequence import Item, Text
 
 SHAPES = {
@@ -461,3 +462,10 @@ def test_conv_reader(tmp_path):
     torch.testing.assert_close(again.heads["image"].embed(K, latent, 2, h * w), head.embed(K, latent, 2, h * w))
     with pytest.raises(ValueError, match="reader"):
         HeadConfig(reader="attention")
+    row = ConvReader(latent_dim=8, hidden=16, width=8, grid=(6,))  # a 1-D latent (audio) reads as one row
+    with torch.no_grad():
+        torch.nn.init.normal_(row.conv_out.weight, std=0.1)
+        tokens = torch.randn(1, 6, 8)
+        far = tokens.clone()
+        far[:, 5] += 1.0
+        assert row(tokens).shape == (1, 6, 16) and torch.equal(row(tokens)[:, :3], row(far)[:, :3])
