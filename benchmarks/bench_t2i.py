@@ -8,9 +8,11 @@
 Paths (`--paths`, several in one run for a side-by-side table):
   * eager    = the reference path (`generate_latent`), bit-exact with the released code;
   * fast     = `generate_latent(..., fast=FastPath(transformer))`: static KV cache, per-generation tables,
-               fused ops, hoisted diffusion-schedule constants;
-  * compiled = the fast path with every scale step and diffusion step compiled once (`torch.compile`;
-               CUDA graphs on CUDA). The warm-up iterations include the compilation (reported apart).
+               fused ops, hoisted diffusion-schedule constants; VAE decode in channels_last (`FastDecoder`,
+               in `--decode-dtype`);
+  * compiled = the fast path with every scale step, diffusion step and the VAE decode compiled once
+               (`torch.compile`; CUDA graphs on CUDA). The warm-up iterations include the compilation
+               (reported apart).
 
 The `twin` config is the launch-bound twin of the official 1024px model: depth 24, 14 scales (grids 1..14),
 width 4, one head, 16 context slots, 8 diffusion steps. Its arithmetic is negligible, so its wall time and
@@ -20,10 +22,10 @@ per-operation overhead of a path on any CPU.
 What is timed, per batch of B prompts (CFG doubles the rows to 2B inside the transformer):
   * total       = `generate_latent` (every scale step: KV-cached transformer, logits, CFG, top-k
                   sampling, the quantizer's next-scale inputs, the residual diffusion head) plus
-                  `tokenizer.decode_latent` (VQ-VAE decoder to pixels);
+                  the VQ-VAE decode to pixels (`tokenizer.decode_latent`; the fast paths' `FastDecoder`);
   * diffusion   = `transformer.diffusion_head.sample` (timed by wrapping that bound method, in this
                   script only, for the duration of the run);
-  * vae decode  = `tokenizer.decode_latent`;
+  * vae decode  = that decode;
   * transformer = total - diffusion - vae decode.
 The text encoder is NOT run: the context is a random [B, context_token, context_dim] tensor with a
 full mask, as in HART's published latency numbers (which exclude text encoding). Weights are random,
@@ -51,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hart_core.debug import debug_configs, launch_bound_twin_configs, official_configs  # noqa: E402
 from hart_core.fast_generate import PATHS, FastPath  # noqa: E402
-from hart_core.generate import generate_latent  # noqa: E402
+from hart_core.generate import generate_latent, latent_decoder  # noqa: E402
 from hart_core.pipeline import HARTPipeline  # noqa: E402
 from hart_core.tokenizer import HARTTokenizer, TokenizerConfig  # noqa: E402
 from hart_core.transformer import HARTTransformer, TransformerConfig  # noqa: E402
@@ -215,6 +217,7 @@ def bench_batch(tokenizer, transformer, batch: int, args, device, dtype, sync, f
     rows = {"total": [], "transformer": [], "diffusion": [], "vae_decode": []}
     warmup_s = 0.0
     sampler = transformer.diffusion_head if fast is None else fast.diffusion
+    decode = latent_decoder(tokenizer, fast)
     with wrapped_method(sampler, "sample", diff.wrap):
         for it in range(args.warmup + args.iters):
             gen.manual_seed(args.seed + 1)
@@ -224,7 +227,7 @@ def bench_batch(tokenizer, transformer, batch: int, args, device, dtype, sync, f
             f_hat = generate_latent(transformer, tokenizer, context, mask, cfg=args.cfg, generator=gen, fast=fast)
             sync()
             t1 = time.perf_counter()
-            images = tokenizer.decode_latent(f_hat)
+            images = decode(f_hat)
             sync()
             t2 = time.perf_counter()
             if it < args.warmup:
@@ -264,8 +267,8 @@ def top_level_ops(tokenizer, transformer, batch: int, args, device, dtype, sync,
     gen, context, mask = random_context(transformer, batch, args.seed, device, dtype)
     sync()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        tokenizer.decode_latent(generate_latent(transformer, tokenizer, context, mask, cfg=args.cfg,
-                                                generator=gen, fast=fast))
+        latent_decoder(tokenizer, fast)(generate_latent(transformer, tokenizer, context, mask, cfg=args.cfg,
+                                                        generator=gen, fast=fast))
         sync()
     count = 0
     for event in prof.events():
@@ -352,6 +355,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off",
                    help="also run the fp32 parts (diffusion head, VAE decode) under torch.autocast in this "
                         "dtype, as the official sampler does with fp16; weights keep their dtypes")
+    p.add_argument("--decode-dtype", choices=sorted(DTYPES), default="fp32",
+                   help="precision of the fast paths' VAE decode (FastDecoder); eager decodes in fp32")
     p.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls and convolutions (CUDA)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (CPU runs; 1 avoids OpenMP spin contention on a busy machine)")
@@ -408,7 +413,8 @@ def main(argv=None) -> dict:
     info = header(device)
     print(f"  config: {args.config}, dtype {args.dtype} (transformer; tokenizer + diffusion head fp32), "
           f"cfg {args.cfg}, diffusion steps {args.steps}, warmup {args.warmup}, iters {args.iters}, "
-          f"seed {args.seed}, sdpa {args.sdpa}, autocast {args.autocast}, tf32 {args.tf32}; "
+          f"seed {args.seed}, sdpa {args.sdpa}, autocast {args.autocast}, fast decode {args.decode_dtype}, "
+          f"tf32 {args.tf32}; "
           "text encoder excluded (random context, full mask)")
     tokenizer, transformer, model = build(args.config, device, args.seed)
     counts = param_counts(tokenizer, transformer)
@@ -422,7 +428,8 @@ def main(argv=None) -> dict:
     autocast = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast])
                 if args.autocast != "off" else contextlib.nullcontext())
     with torch.inference_mode(), sdpa_context(args.sdpa, device), autocast:
-        fast_paths = {path: None if path == "eager" else FastPath(transformer, compile=path == "compiled")
+        fast_paths = {path: None if path == "eager" else
+                      FastPath(transformer, compile=path == "compiled", decode_dtype=DTYPES[args.decode_dtype])
                       for path in args.paths}
         for batch in args.batch_sizes:
             for path in args.paths:
@@ -452,6 +459,7 @@ def main(argv=None) -> dict:
         "seed": args.seed,
         "sdpa": args.sdpa,
         "autocast": args.autocast,
+        "decode_dtype": args.decode_dtype,
         "tf32": args.tf32,
         "paths": args.paths,
         "text_encoder": "excluded (random context, full mask)",

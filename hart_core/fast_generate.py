@@ -1,12 +1,14 @@
 """`FastPath`: HART generation at the cost of its math, for `generate_latent(..., fast=FastPath(...))`.
 
-Two parts, each a drop-in for one piece of the eager path:
+Three parts, each a drop-in for one piece of the eager path:
   * `FastBlocks` (fast_blocks.py) for the transformer's scale steps: a static KV cache, per-generation
     tables, fused ops; optionally compiled per scale step;
   * `FastDiffusion` for the residual head's sampler: every step's schedule coefficients looked up once as
     numbers (the eager sampler gathers 8 tables per step), the condition projected once instead of at
     every step. Its arithmetic is the eager sampler's, op for
-    op, so in fp32 it reproduces it bit for bit (tested); with `compile=True` each step is compiled.
+    op, so in fp32 it reproduces it bit for bit (tested); with `compile=True` each step is compiled;
+  * `FastDecoder` for the VQ-VAE decode of the finished latent: the decoder's weights in channels_last
+    (what cuDNN's and oneDNN's fastest convolutions read), optionally in bf16 and compiled.
 
 The sampling loop, top-k, CFG and the quantizer are shared with the eager path (`sample_scales`), so the
 random stream is the same: with the same generator the fast path draws what the eager path draws.
@@ -14,10 +16,14 @@ random stream is the same: with the same generator the fast path draws what the 
 
 from __future__ import annotations
 
+import copy
+import weakref
+
 import torch
 
 from .diffusion import POSTERIOR_TABLES, NoiseFn, ResidualDiffusionHead, posterior
 from .fast_blocks import FastBlocks
+from .tokenizer import HARTTokenizer
 from .transformer import Conditioning, HARTTransformer
 
 Tensor = torch.Tensor
@@ -92,19 +98,57 @@ class FastDiffusion:
         return mean + torch.exp(0.5 * log_variance) * noise * temperature
 
 
-class FastPath:
-    """The fast generation path of one transformer: `FastBlocks` per row count (allocated on first use,
-    kept for later generations) and one `FastDiffusion`.
+class FastDecoder:
+    """A tokenizer's `decode_latent` (post_quant_conv, decoder, clamp to [-1, 1]) for generated latents.
 
-    compile=True compiles every scale step and diffusion step once per shape (CUDA: captured as CUDA
-    graphs). On a CPU that costs minutes of compilation for a large model and gains little: use it on
-    accelerators, or to count what a captured graph launches.
+    It decodes with a copy of the tokenizer's decode weights, taken once, in channels_last memory format,
+    cast to `dtype` if given (None: the tokenizer's own, fp32 in `HARTPipeline`) and compiled if asked. The
+    tokenizer itself is not touched, so its `decode_latent` stays the reference: fp32 channels_last
+    convolutions sum in another order, which moves pixels by ~1e-5 (tested; per fixture by
+    `python -m hart_core.parity FIXTURE --path fast`). Being a copy, it does not follow later changes to
+    the tokenizer's weights: make a new one (or a new `FastPath`) after loading others.
     """
 
-    def __init__(self, transformer: HARTTransformer, *, compile: bool = False):
-        self.transformer, self.compile = transformer, compile
+    def __init__(self, tokenizer: HARTTokenizer, *, dtype: torch.dtype | None = None, compile: bool = False):
+        weight = tokenizer.post_quant_conv.weight
+        self.source = (weight.device, weight.dtype)  # where and in what the tokenizer's weights were copied
+        self.dtype = dtype or weight.dtype
+        parts = torch.nn.Sequential(copy.deepcopy(tokenizer.post_quant_conv), copy.deepcopy(tokenizer.decoder))
+        self.net = parts.to(self.dtype, memory_format=torch.channels_last).eval().requires_grad_(False)
+        self._decode = self.net
+        if compile:
+            self._decode = torch.compile(self.net, dynamic=False)
+
+    @torch.no_grad()
+    def __call__(self, f_hat: Tensor) -> Tensor:
+        """Images [B, 3, H, W] in [-1, 1] (contiguous, f_hat's dtype) from a latent [B, Cvae, h, w]."""
+        x = f_hat.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        return self._decode(x).to(f_hat.dtype).contiguous().clamp(-1, 1)
+
+
+class FastPath:
+    """The fast generation path of one transformer: `FastBlocks` per row count (allocated on first use,
+    kept for later generations), one `FastDiffusion`, and a `FastDecoder` per tokenizer it decodes for
+    (`decoder(tokenizer)`; `decode_dtype`: its precision, None = the tokenizer's).
+
+    compile=True compiles every scale step, diffusion step and the decoder once per shape (CUDA: the
+    steps captured as CUDA graphs). On a CPU that costs minutes of compilation for a large model and gains
+    little: use it on accelerators, or to count what a captured graph launches.
+    """
+
+    def __init__(self, transformer: HARTTransformer, *, compile: bool = False,
+                 decode_dtype: torch.dtype | None = None):
+        self.transformer, self.compile, self.decode_dtype = transformer, compile, decode_dtype
         self.diffusion = FastDiffusion(transformer.diffusion_head, compile=compile)
         self._blocks: dict[tuple, FastBlocks] = {}
+        self._decoders: weakref.WeakKeyDictionary[HARTTokenizer, FastDecoder] = weakref.WeakKeyDictionary()
+
+    def decoder(self, tokenizer: HARTTokenizer) -> FastDecoder:
+        """The `FastDecoder` of this tokenizer (made on first use; again if the tokenizer was moved or cast)."""
+        made, weight = self._decoders.get(tokenizer), tokenizer.post_quant_conv.weight
+        if made is None or made.source != (weight.device, weight.dtype):
+            made = self._decoders[tokenizer] = FastDecoder(tokenizer, dtype=self.decode_dtype, compile=self.compile)
+        return made
 
     def blocks(self, rows: int) -> FastBlocks:
         weight = self.transformer.word_embed.weight
@@ -126,5 +170,6 @@ class FastPath:
         return step
 
     def release(self) -> None:
-        """Free the KV caches (they are allocated again on the next generation)."""
+        """Free the KV caches and decoder copies (they are made again on the next generation)."""
         self._blocks.clear()
+        self._decoders.clear()

@@ -93,8 +93,10 @@ def generate_latent(
 
     on_scale = None
     if callback is not None:
+        decode = latent_decoder(tokenizer, fast)
+
         def on_scale(si: int, f_hat: torch.Tensor) -> None:
-            callback(si, len(c.patch_nums), _to_unit(tokenizer.decode_latent(f_hat)))
+            callback(si, len(c.patch_nums), _to_unit(decode(f_hat)))
 
     f_hat, _ = sample_scales(
         tokenizer.quantize, [(pn, pn) for pn in c.patch_nums], context.shape[0], step,
@@ -103,6 +105,11 @@ def generate_latent(
         generator=generator, on_scale=on_scale, trace=trace,
     )
     return f_hat
+
+
+def latent_decoder(tokenizer: HARTTokenizer, fast: FastPath | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """latent -> images in [-1, 1]: the tokenizer's reference decode, or the fast path's copy of it."""
+    return tokenizer.decode_latent if fast is None else fast.decoder(tokenizer)
 
 
 def _to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -118,6 +125,7 @@ def generate_images(
     context_positions: torch.Tensor | None = None,
     **kwargs,
 ) -> torch.Tensor:
-    """Images [B, 3, H, W] in [0, 1]; keyword arguments as in `generate_latent`."""
+    """Images [B, 3, H, W] in [0, 1]; keyword arguments as in `generate_latent` (with `fast`, the latent is
+    decoded by the fast path's `FastDecoder` too)."""
     f_hat = generate_latent(transformer, tokenizer, context, context_mask, context_positions, **kwargs)
-    return _to_unit(tokenizer.decode_latent(f_hat))
+    return _to_unit(latent_decoder(tokenizer, kwargs.get("fast"))(f_hat))

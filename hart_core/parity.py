@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from .fast_generate import PATHS, FastPath
-from .generate import GenerationTrace, generate_latent
+from .generate import GenerationTrace, generate_latent, latent_decoder
 from .tokenizer import HARTTokenizer
 from .transformer import HARTTransformer
 
@@ -204,15 +204,15 @@ def inference_checks(model: HARTTransformer, tokenizer: HARTTokenizer, io: dict,
         compare("inference.diff_cond_z", trace.diffusion_condition, io["infer_diff_cond_z"]),
         compare("inference.diff_out", trace.diffusion_output, io["infer_diff_out"]),
         compare("inference.fhat", f_hat, io["infer_fhat"]),
-        compare("inference.image", tokenizer.decode_latent(f_hat).add(1).mul(0.5), io["infer_image"]),
+        compare("inference.image", latent_decoder(tokenizer, fast)(f_hat).add(1).mul(0.5), io["infer_image"]),
     ]
     return out
 
 
 def run_checks(fixture: str | Path, device: str | torch.device = "cpu", path: str = "eager",
-               dtype: torch.dtype = torch.float32) -> list[Check]:
+               dtype: torch.dtype = torch.float32, decode_dtype: torch.dtype | None = None) -> list[Check]:
     """Every check of one fixture; `path` (eager, fast, compiled) and `dtype` (the generating
-    transformer's) apply to the generation checks."""
+    transformer's) apply to the generation checks, `decode_dtype` to the fast paths' VAE decode."""
     fixture, device = Path(fixture), torch.device(device)
     for sub in ("tokenizer", "llm", "io"):
         if not (fixture / sub).is_dir():
@@ -223,7 +223,11 @@ def run_checks(fixture: str | Path, device: str | torch.device = "cpu", path: st
     if dtype != torch.float32:  # the teacher-forced and diffusion checks stay on the fp32 model
         generator_model = copy.deepcopy(model).to(dtype)
         generator_model.diffusion_head.float()
-    fast = None if path == "eager" else FastPath(generator_model, compile=path == "compiled")
+    if path == "eager" and decode_dtype not in (None, torch.float32):
+        raise ValueError("the eager path decodes with the tokenizer itself, in fp32; a decode dtype needs "
+                         "--path fast or compiled")
+    fast = None if path == "eager" else FastPath(generator_model, compile=path == "compiled",
+                                                 decode_dtype=decode_dtype)
     tok_io = load_file(fixture / "io" / "tokenizer_io.safetensors", device=str(device))
     tr_io = load_file(fixture / "io" / "transformer_io.safetensors", device=str(device))
     with torch.no_grad(), _full_fp32(device):
@@ -261,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="generation path of the inference checks (default: eager, the reference)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                         help="transformer precision of the inference checks (bf16 shows its deviation)")
+    parser.add_argument("--decode-dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="precision of the fast paths' VAE decode in the inference checks")
     args = parser.parse_args(argv)
     try:
         device = torch.device(args.device)
@@ -269,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available to this torch")
     try:
-        checks = run_checks(args.fixture, device, args.path,
-                            {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+        checks = run_checks(args.fixture, device, args.path, dtypes[args.dtype], dtypes[args.decode_dtype])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

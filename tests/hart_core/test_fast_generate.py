@@ -1,12 +1,13 @@
 """The fast generation path agrees with the eager reference: same draws, same codes, latents within fp32
-rounding; its diffusion sampler is bit-exact; its static KV cache is reusable across generations."""
+rounding; its diffusion sampler is bit-exact; its static KV cache is reusable across generations; its VAE
+decode (channels_last, optionally bf16) agrees with the tokenizer's, which it leaves untouched."""
 
 import pytest
 import torch
 
 from hart_core.debug import debug_configs
 from hart_core.fast_blocks import rotate_half_matrix
-from hart_core.fast_generate import FastPath
+from hart_core.fast_generate import FastDecoder, FastPath
 from hart_core.generate import GenerationTrace, generate_latent
 from hart_core.layers import rotate_half
 from hart_core.tokenizer import HARTTokenizer
@@ -17,6 +18,8 @@ from .test_transformer import random_context
 # fp32: the fused norm and addcmul round differently from the reference's separate ops
 LOGIT_ATOL = 1e-4
 LATENT_ATOL = 1e-3
+PIXEL_ATOL = 1e-5  # fp32 channels_last convolutions sum in another order
+COMPILED_PIXEL_ATOL = 1e-4  # ... and inductor's fused norms and activations round in theirs
 
 
 def build(seed: int = 0, **config):
@@ -152,3 +155,36 @@ def test_compiled_path_agrees_and_launches_fewer_ops():
         reference = run(tokenizer, model, context, mask)
         assert_agree(reference, run(tokenizer, model, context, mask, compiled))
         assert_agree(reference, run(tokenizer, model, context, mask, compiled))  # replayed, not recompiled
+        f_hat = reference[0]
+        torch.testing.assert_close(compiled.decoder(tokenizer)(f_hat), tokenizer.decode_latent(f_hat),
+                                   rtol=0, atol=COMPILED_PIXEL_ATOL)
+
+
+def test_fast_decoder_matches_the_tokenizer_and_leaves_it_untouched():
+    tokenizer, _ = build()
+    f_hat = torch.randn(3, tokenizer.config.z_channels, *tokenizer.grids[-1])
+    reference = tokenizer.decode_latent(f_hat)
+    decoder = FastDecoder(tokenizer)
+    images = decoder(f_hat)
+    torch.testing.assert_close(images, reference, rtol=0, atol=PIXEL_ATOL)
+    assert images.is_contiguous() and images.dtype == torch.float32
+    assert images.abs().max() <= 1.0
+    assert decoder.net[1].conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert tokenizer.decoder.conv_in.weight.is_contiguous()  # the reference keeps its layout and its result
+    assert torch.equal(tokenizer.decode_latent(f_hat), reference)
+
+    half = FastDecoder(tokenizer, dtype=torch.bfloat16)(f_hat)
+    assert half.dtype == torch.float32
+    assert (half - reference).abs().mean() < 0.02  # bf16: ~3 significant digits per conv
+
+
+def test_fast_path_decodes_with_a_decoder_per_tokenizer_and_device_state():
+    tokenizer, model = build()
+    fast = FastPath(model)
+    first = fast.decoder(tokenizer)
+    assert fast.decoder(tokenizer) is first  # made once, kept for later generations
+    tokenizer.double()  # a cast tokenizer gets a new copy in its new dtype
+    second = fast.decoder(tokenizer)
+    assert second is not first and second.dtype == torch.float64
+    fast.release()
+    assert fast.decoder(tokenizer) is not second
