@@ -76,13 +76,18 @@ class HARTPipeline:
             self.text_encoder.model.to(device=device, dtype=dtype)
         return self
 
-    def use_path(self, path: str) -> HARTPipeline:
+    def use_path(self, path: str, decode_dtype: torch.dtype | None = None) -> HARTPipeline:
         """"eager": the reference path (bit-exact with the released code); "fast": static KV cache and
         fused ops (the same draws, fp32 rounding apart; see hart_core/fast_blocks.py); "compiled": the fast
-        path with each scale step and diffusion step compiled once (CUDA graphs on CUDA; slow to start)."""
+        path with each scale step, diffusion step and the VAE decode compiled once (CUDA graphs on CUDA;
+        slow to start). `decode_dtype`: the fast paths' VAE decode precision (None: the tokenizer's, fp32)."""
         if path not in PATHS:
             raise ValueError(f"unknown generation path {path!r} (expected {', '.join(PATHS)})")
-        self.fast = None if path == "eager" else FastPath(self.transformer, compile=path == "compiled")
+        if path == "eager" and decode_dtype not in (None, torch.float32):
+            raise ValueError("the eager path decodes with the tokenizer itself, in fp32; a decode dtype needs "
+                             "the fast or compiled path")
+        self.fast = None if path == "eager" else FastPath(self.transformer, compile=path == "compiled",
+                                                          decode_dtype=decode_dtype)
         return self
 
     @property

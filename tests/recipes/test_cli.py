@@ -70,6 +70,16 @@ def test_t2i_options(tmp_path):
     _png(tmp_path / "opts.png")
 
 
+def test_t2i_decode_dtype(tmp_path, capsys):
+    assert _t2i(tmp_path, "--prompt", "a", "--out", str(tmp_path / "fp32.png")) == 0
+    assert _t2i(tmp_path, "--prompt", "a", "--decode-dtype", "bf16", "--out", str(tmp_path / "bf16.png")) == 0
+    full, half = _png(tmp_path / "fp32.png").astype(int), _png(tmp_path / "bf16.png").astype(int)
+    assert np.abs(full - half).max() <= 8  # the same image, decoded in bf16
+    args = ("--prompt", "a", "--path", "eager", "--decode-dtype", "bf16", "--out", str(tmp_path / "x.png"))
+    assert _t2i(tmp_path, *args) == 2
+    assert "eager path decodes" in _one_error_line(capsys.readouterr().err)
+
+
 def test_t2i_zero_steps_rejected(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # refused by the argument parser, before any model loads
         _t2i(tmp_path, "--prompt", "a", "--steps", "0", "--out", str(tmp_path / "x.png"))
