@@ -230,20 +230,43 @@ class MultiScaleResidualQuantizer(nn.Module):
         No phi on the last scale (its codes already live on G); the residual is what the
         discrete tokens leave unexplained, so `decode_fhat(encode(f))` == f up to rounding.
         """
+        return self.encode_correcting(f, 0.0, grids=grids)[0]
+
+    @torch.no_grad()
+    def encode_correcting(self, f: torch.Tensor, error_p: float, generator: torch.Generator | None = None,
+                          grids: Sequence[Grid] | None = None) -> tuple[HybridTokens, list[torch.Tensor]]:
+        """`encode` with errors made on the way, for training a model to correct its own (Infinity's bitwise
+        self-correction, for codes): after choosing each scale's codes but the last, replace each by a
+        uniformly drawn one with probability `error_p` before subtracting them, so every later scale's
+        codes, and the residual, are the ones that correct the errors so far.
+
+        Returns (labels, inputs): `labels` holds each scale's codes as chosen (the targets) and the final
+        residual; `inputs` the codes as subtracted, errors included (what the model reads as its own
+        earlier scales). error_p = 0 is `encode`, with inputs == labels.indices.
+        """
         grids = self._grids(grids)
         self._check_latent(f, grids)
+        if not 0.0 <= error_p < 1.0:
+            raise ValueError(f"error_p must be in [0, 1), got {error_p}")
         G, SN = grids[-1], len(grids)
         f_rest = f.detach().to(self.embedding.weight.dtype)
-        indices = []
+        labels, inputs = [], []
         for si, grid in enumerate(grids):
             idx = self.nearest_code(self._tokens(self._down(f_rest, grid)))
-            indices.append(idx)
+            labels.append(idx)
+            if 0 < error_p and si < SN - 1:
+                # drawn on the generator's device (a CUDA generator cannot fill a CPU tensor)
+                where = generator.device if generator is not None else idx.device
+                wrong = torch.rand(idx.shape, generator=generator, device=where) < error_p
+                drawn = torch.randint(self.vocab_size, idx.shape, generator=generator, device=where)
+                idx = torch.where(wrong.to(idx.device), drawn.to(idx.device), idx)
+            inputs.append(idx)
             h = self._codes(idx, grid)
             if si < SN - 1:
                 f_rest = f_rest - self.phi(si, self._up(h, G), SN)
             else:
                 residual = self._tokens(f_rest - h)
-        return HybridTokens(indices, residual, grids)
+        return HybridTokens(labels, residual, grids), inputs
 
     def _check_indices(self, indices: Sequence[torch.Tensor], grids: tuple[Grid, ...],
                        need: int) -> None:

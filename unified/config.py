@@ -25,12 +25,18 @@ class UnifiedConfig:
     token_loss_weighting: str = "token"
     diffusion_loss_weight: float = 1.0
     caption_dropout: float = 0.1  # classifier-free guidance: train item writing without the prompt
+    # self-correction: each code of a written item's scales but the last is replaced by a random one with this
+    # probability in what the model reads, and the later scales' targets are re-encoded to correct it, so a model
+    # learns to repair its own sampling errors instead of drawing on from them (Infinity's bitwise self-correction)
+    self_correction: float = 0.0
     diffusion_token: str = "sampled"  # residual target relative to the sampled or the ground-truth code
     max_length: int = 2048
 
     def __post_init__(self) -> None:
         if self.token_loss_weighting not in ("token", "scale"):
             raise ValueError(f"token_loss_weighting must be 'token' or 'scale', not {self.token_loss_weighting!r}")
+        if not 0.0 <= self.self_correction < 1.0:
+            raise ValueError(f"self_correction must be in [0, 1), not {self.self_correction}")
         if self.diffusion_token not in ("sampled", "ground_truth"):
             raise ValueError(f"diffusion_token must be 'sampled' or 'ground_truth', not {self.diffusion_token!r}")
         names = [h.modality for h in self.heads]

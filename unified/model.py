@@ -136,7 +136,7 @@ class UnifiedModel(GenerationMixin, nn.Module):
     def training_batch(self, examples: list[Example], generator: torch.Generator | None = None) -> SequenceBatch:
         """Rows for a training step; the prompts of item-writing rows are dropped with probability
         `caption_dropout` (classifier-free guidance)."""
-        return self._training_batch(examples, self._caption_drops(len(examples), generator))
+        return self._training_batch(examples, self._caption_drops(len(examples), generator), generator)
 
     def training_batches(self, examples: list[Example], generator: torch.Generator | None = None
                          ) -> list[SequenceBatch]:
@@ -147,21 +147,38 @@ class UnifiedModel(GenerationMixin, nn.Module):
         drops = self._caption_drops(len(examples), generator)
         writes_item = [get_template(e.task).writes == "item" for e in examples]
         kinds = ([i for i, w in enumerate(writes_item) if w], [i for i, w in enumerate(writes_item) if not w])
-        return [self._training_batch([examples[i] for i in kind], drops[kind]) for kind in kinds if kind]
+        return [self._training_batch([examples[i] for i in kind], drops[kind], generator) for kind in kinds if kind]
 
     def _caption_drops(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         # drawn on the generator's device (a CUDA generator cannot fill a CPU tensor), decided on the CPU
         device = generator.device if generator is not None else None
         return (torch.rand(n, generator=generator, device=device) < self.config.caption_dropout).cpu()
 
-    def _training_batch(self, examples: list[Example], drops: torch.Tensor) -> SequenceBatch:
+    def _training_batch(self, examples: list[Example], drops: torch.Tensor,
+                        generator: torch.Generator | None = None) -> SequenceBatch:
         rows = [self.row(e.task, e.tokens, e.text, e.question, drop_text=bool(d), modality=e.modality)
                 for e, d in zip(examples, drops, strict=True)]
+        if self.config.self_correction > 0:
+            for part in (p for row in rows for p in row):
+                if isinstance(part, Item) and part.loss:
+                    self._make_errors(part, generator)
         batch = self.builder.build(rows, pad_side="right")
         if batch.text_ids.shape[1] > self.config.max_length:
             raise ValueError(f"sequence of {batch.text_ids.shape[1]} positions exceeds max_length "
                              f"{self.config.max_length}")
         return batch.to(self.device)
+
+    @torch.no_grad()
+    def _make_errors(self, item: Item, generator: torch.Generator | None) -> None:
+        """Self-correction: re-encode a written item's latent with errors made on the way (see
+        `MultiScaleResidualQuantizer.encode_correcting`): its tokens become the correcting targets, its
+        inputs the erroneous codes. Without a residual the discrete latent is re-encoded."""
+        codec, tokens = self.codecs[item.modality], item.tokens.to(self.device)
+        f = codec.fhat(tokens, with_residual=tokens.residual is not None)
+        labels, inputs = codec.quantizer.encode_correcting(f, self.config.self_correction, generator, codec.grids)
+        item.tokens = HybridTokens(labels.indices, labels.residual if tokens.residual is not None else None,
+                                   labels.grids)
+        item.inputs = inputs
 
     # -- embeddings and losses -----------------------------------------------------------------
     # Every forward pass calls the same modules in the same order, whatever the batch holds (a
@@ -175,7 +192,11 @@ class UnifiedModel(GenerationMixin, nn.Module):
         for modality in self.heads:
             layouts = [it for it in batch.items if it.modality == modality]
             tokens = HybridTokens.concat([it.item.tokens for it in layouts]).to(self.device) if layouts else None
-            inputs = self.segment_inputs(modality, tokens)
+            read = None
+            if any(it.item.inputs is not None for it in layouts):  # self-correction: the erroneous codes
+                per_item = [it.item.inputs or it.item.tokens.indices for it in layouts]
+                read = [torch.cat([codes[k].to(self.device) for codes in per_item]) for k in range(len(per_item[0]))]
+            inputs = self.segment_inputs(modality, tokens, read)
             first = 0  # the item's first segment row in `inputs`
             for it in layouts:
                 groups = [inputs[first + g.segment, g.ladder_offset : g.ladder_offset + g.size]
@@ -184,9 +205,11 @@ class UnifiedModel(GenerationMixin, nn.Module):
                 first += it.pattern.segments
         return x
 
-    def segment_inputs(self, modality: str, tokens: HybridTokens | None) -> torch.Tensor:
+    def segment_inputs(self, modality: str, tokens: HybridTokens | None,
+                       read: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Inputs of every group a segment can have, [R, sum of scale sizes + G, D] for R segments:
-        the K scale groups (teacher forcing), then the complete latent. tokens=None gives R = 0."""
+        the K scale groups (teacher forcing, from the codes `read` if given, else tokens.indices), then
+        the complete latent. tokens=None gives R = 0."""
         codec, head = self.codecs[modality], self.heads[modality]
         n = codec.tokens_per_scale
         if tokens is None:
@@ -195,8 +218,9 @@ class UnifiedModel(GenerationMixin, nn.Module):
             latent = codec.codebook.new_zeros(0, n[-1], codec.latent_dim)
         else:
             R = tokens.batch_size
-            later = codec.teacher_forcing_input(tokens.indices).split(list(n[1:]), dim=1)
-            latent = codec.latent_to_tokens(codec.fhat(tokens, with_residual=tokens.residual is not None))
+            later = codec.teacher_forcing_input(tokens.indices if read is None else read).split(list(n[1:]), dim=1)
+            as_read = tokens if read is None else HybridTokens(read, tokens.residual, tokens.grids)  # what sums to f
+            latent = codec.latent_to_tokens(codec.fhat(as_read, with_residual=tokens.residual is not None))
         groups = [head.embed(0, None, R, n[0])] + [head.embed(k + 1, t, R, n[k + 1]) for k, t in enumerate(later)]
         groups.append(head.embed(codec.num_scales, latent, R, latent.shape[1]))
         return torch.cat(groups, dim=1)

@@ -40,6 +40,9 @@ class Item:
     loss: bool = False  # train the model to write it
     read: bool = False  # what follows reads it whole (its complete latents)
     written: bool | None = None  # laid out as the model writes it (scale groups); default: `loss`
+    # per scale, the codes its teacher-forcing input is built from when they are not tokens.indices (the
+    # self-correction's erroneous codes, which the targets in tokens.indices correct); None: tokens.indices
+    inputs: list[torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.written is None:

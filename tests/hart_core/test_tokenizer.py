@@ -115,6 +115,29 @@ def test_hybrid_decode_is_exact_latent_decode():
                                   atol=1e-3)
 
 
+def test_encoding_with_errors_corrects_them_in_later_scales():
+    """Self-correction targets: inputs carry errors at a rate ~p (never at the last scale), labels are each
+    scale's choice given the errors before it, and inputs + residual still sum to the latent."""
+    q = tiny_tokenizer().quantize
+    f = torch.randn(256, 8, 4, 4)
+    clean = q.encode(f)
+    same, inputs = q.encode_correcting(f, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(same.indices, clean.indices, strict=True))
+    assert torch.equal(same.residual, clean.residual) and inputs == same.indices
+
+    labels, inputs = q.encode_correcting(f, 0.3, torch.Generator().manual_seed(0))
+    again, inputs_again = q.encode_correcting(f, 0.3, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(inputs, inputs_again, strict=True))  # seeded
+    assert torch.equal(labels.indices[0], clean.indices[0])  # nothing before scale 0 to correct
+    rates = [(a != b).float().mean().item() for a, b in zip(inputs, labels.indices, strict=True)]
+    assert all(0.2 < r < 0.4 for r in rates[:-1]) and rates[-1] == 0.0
+    assert any(not torch.equal(a, b) for a, b in zip(labels.indices[1:], clean.indices[1:], strict=True))
+    as_read = HybridTokens(inputs, labels.residual, labels.grids)
+    torch.testing.assert_close(q.decode_fhat(as_read), f, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="error_p"):
+        q.encode_correcting(f, 1.0)
+
+
 def test_hybrid_and_var_semantics_differ_only_by_last_phi():
     q = tiny_tokenizer().quantize
     f = torch.randn(2, 8, 4, 4)

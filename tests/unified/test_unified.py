@@ -469,3 +469,42 @@ def test_conv_reader(tmp_path):
         far = tokens.clone()
         far[:, 5] += 1.0
         assert row(tokens).shape == (1, 6, 16) and torch.equal(row(tokens)[:, :3], row(far)[:, :3])
+
+
+def test_self_correction_reads_erroneous_codes_and_learns_the_correcting_ones():
+    """With self_correction p, a written item's earlier scales reach the backbone with errors (the codes
+    `encode_correcting` subtracted), its targets are the codes that correct them, and a read item is left alone."""
+    model = tiny_model()
+    model.config.caption_dropout = 0.0
+    images, tokens = images_and_tokens(model)
+    codec = model.codecs["image"]
+    examples = [Example("t2i", t, name) for t, name in zip(tokens.rows(), SHAPES, strict=True)]
+    examples.append(Example("caption", tokens.rows()[0], "a red circle"))
+    clean = model.training_batch(examples, torch.Generator().manual_seed(0))
+    assert all(it.item.inputs is None for it in clean.items)
+
+    model.config.self_correction = 0.5
+    batch = model.training_batch(examples, torch.Generator().manual_seed(0))
+    written = [it for it in batch.items if it.item.loss]
+    assert len(written) == 4 and all(it.item.inputs is not None for it in written)
+    assert [it for it in batch.items if not it.item.loss][0].item.inputs is None  # read items keep their codes
+    inputs = [torch.cat(per_scale) for per_scale in zip(*(it.item.inputs for it in written), strict=True)]
+    labels = HybridTokens.concat([it.item.tokens for it in written])
+    assert any(not torch.equal(a, b) for a, b in zip(inputs[:-1], labels.indices[:-1], strict=True))
+    # what the backbone reads is built from the erroneous codes, not from the labels
+    embedded = model.embed(batch)
+    n = codec.tokens_per_scale
+    got = torch.stack([embedded[it.row, it.start : it.start + sum(n)] for it in written])
+    expected = model.segment_inputs("image", labels, inputs)[:, : sum(n)]
+    from_labels = model.segment_inputs("image", labels)[:, : sum(n)]
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, from_labels)
+    # inputs and residual still sum to each image's latent: the residual target stays honest
+    latent = codec.fhat(tokens)
+    torch.testing.assert_close(codec.fhat(HybridTokens(inputs, labels.residual, labels.grids)), latent,
+                               rtol=0, atol=1e-5)
+    losses = model(batch, torch.Generator().manual_seed(1))
+    assert torch.isfinite(losses["loss"]) and losses["token_ce"] > 0
+    losses["loss"].backward()
+    with pytest.raises(ValueError, match="self_correction"):
+        UnifiedConfig.from_dict({**model.config.to_dict(), "self_correction": 1.0})
