@@ -41,7 +41,7 @@ class UnifiedTask:
     are added; default: trained on the data's texts, with every modality's specials), init_from (a
     unified model folder whose weights the model starts from; init_heads: {new head: its head}, e.g.
     {video: image}), and UnifiedConfig fields (loss weights and token_loss_weighting, caption_dropout,
-    diffusion_token, max_length).
+    self_correction, diffusion_token, max_length).
     """
 
     name = "unified"
