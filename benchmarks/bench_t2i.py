@@ -52,7 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hart_core.debug import debug_configs, launch_bound_twin_configs, official_configs  # noqa: E402
-from hart_core.fast_generate import PATHS, FastPath  # noqa: E402
+from hart_core.fast_generate import PATHS, FastPath, fast_path  # noqa: E402
 from hart_core.generate import generate_latent, latent_decoder  # noqa: E402
 from hart_core.pipeline import HARTPipeline  # noqa: E402
 from hart_core.tokenizer import HARTTokenizer, TokenizerConfig  # noqa: E402
@@ -428,8 +428,8 @@ def main(argv=None) -> dict:
     autocast = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast])
                 if args.autocast != "off" else contextlib.nullcontext())
     with torch.inference_mode(), sdpa_context(args.sdpa, device), autocast:
-        fast_paths = {path: None if path == "eager" else
-                      FastPath(transformer, compile=path == "compiled", decode_dtype=DTYPES[args.decode_dtype])
+        decode_dtype = DTYPES[args.decode_dtype]
+        fast_paths = {path: fast_path(transformer, path, None if path == "eager" else decode_dtype)
                       for path in args.paths}
         for batch in args.batch_sizes:
             for path in args.paths:

@@ -126,6 +126,19 @@ class FastDecoder:
         return self._decode(x).to(f_hat.dtype).contiguous().clamp(-1, 1)
 
 
+def fast_path(transformer: HARTTransformer, path: str, decode_dtype: torch.dtype | None = None) -> FastPath | None:
+    """The `fast=` argument of `generate_latent` for a path name: None for "eager" (which decodes with the
+    tokenizer itself, in fp32, so a decode dtype is refused), else a `FastPath` (compiled for "compiled")."""
+    if path not in PATHS:
+        raise ValueError(f"unknown generation path {path!r} (expected {', '.join(PATHS)})")
+    if path == "eager":
+        if decode_dtype not in (None, torch.float32):
+            raise ValueError("the eager path decodes with the tokenizer itself, in fp32; a decode dtype needs "
+                             "the fast or compiled path")
+        return None
+    return FastPath(transformer, compile=path == "compiled", decode_dtype=decode_dtype)
+
+
 class FastPath:
     """The fast generation path of one transformer: `FastBlocks` per row count (allocated on first use,
     kept for later generations), one `FastDiffusion`, and a `FastDecoder` per tokenizer it decodes for

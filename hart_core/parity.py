@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .fast_generate import PATHS, FastPath
+from .fast_generate import PATHS, FastPath, fast_path
 from .generate import GenerationTrace, generate_latent, latent_decoder
 from .tokenizer import HARTTokenizer
 from .transformer import HARTTransformer
@@ -223,11 +223,7 @@ def run_checks(fixture: str | Path, device: str | torch.device = "cpu", path: st
     if dtype != torch.float32:  # the teacher-forced and diffusion checks stay on the fp32 model
         generator_model = copy.deepcopy(model).to(dtype)
         generator_model.diffusion_head.float()
-    if path == "eager" and decode_dtype not in (None, torch.float32):
-        raise ValueError("the eager path decodes with the tokenizer itself, in fp32; a decode dtype needs "
-                         "--path fast or compiled")
-    fast = None if path == "eager" else FastPath(generator_model, compile=path == "compiled",
-                                                 decode_dtype=decode_dtype)
+    fast = fast_path(generator_model, path, decode_dtype)
     tok_io = load_file(fixture / "io" / "tokenizer_io.safetensors", device=str(device))
     tr_io = load_file(fixture / "io" / "transformer_io.safetensors", device=str(device))
     with torch.no_grad(), _full_fp32(device):

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError
-from .fast_generate import PATHS, FastPath
+from .fast_generate import FastPath, fast_path
 from .generate import PreviewFn, generate_images
 from .text_encoder import TextEncoder
 from .tokenizer import HARTTokenizer
@@ -81,13 +81,7 @@ class HARTPipeline:
         fused ops (the same draws, fp32 rounding apart; see hart_core/fast_blocks.py); "compiled": the fast
         path with each scale step, diffusion step and the VAE decode compiled once (CUDA graphs on CUDA;
         slow to start). `decode_dtype`: the fast paths' VAE decode precision (None: the tokenizer's, fp32)."""
-        if path not in PATHS:
-            raise ValueError(f"unknown generation path {path!r} (expected {', '.join(PATHS)})")
-        if path == "eager" and decode_dtype not in (None, torch.float32):
-            raise ValueError("the eager path decodes with the tokenizer itself, in fp32; a decode dtype needs "
-                             "the fast or compiled path")
-        self.fast = None if path == "eager" else FastPath(self.transformer, compile=path == "compiled",
-                                                          decode_dtype=decode_dtype)
+        self.fast = fast_path(self.transformer, path, decode_dtype)
         return self
 
     @property
