@@ -13,6 +13,7 @@ pattern.py, the templates templates.py, generation generation.py, the item losse
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -159,9 +160,7 @@ class UnifiedModel(GenerationMixin, nn.Module):
         rows = [self.row(e.task, e.tokens, e.text, e.question, drop_text=bool(d), modality=e.modality)
                 for e, d in zip(examples, drops, strict=True)]
         if self.config.self_correction > 0:
-            for part in (p for row in rows for p in row):
-                if isinstance(part, Item) and part.loss:
-                    self._make_errors(part, generator)
+            self._make_errors([p for row in rows for p in row if isinstance(p, Item) and p.loss], generator)
         batch = self.builder.build(rows, pad_side="right")
         if batch.text_ids.shape[1] > self.config.max_length:
             raise ValueError(f"sequence of {batch.text_ids.shape[1]} positions exceeds max_length "
@@ -169,16 +168,27 @@ class UnifiedModel(GenerationMixin, nn.Module):
         return batch.to(self.device)
 
     @torch.no_grad()
-    def _make_errors(self, item: Item, generator: torch.Generator | None) -> None:
-        """Self-correction: re-encode a written item's latent with errors made on the way (see
-        `MultiScaleResidualQuantizer.encode_correcting`): its tokens become the correcting targets, its
-        inputs the erroneous codes. Without a residual the discrete latent is re-encoded."""
-        codec, tokens = self.codecs[item.modality], item.tokens.to(self.device)
-        f = codec.fhat(tokens, with_residual=tokens.residual is not None)
-        labels, inputs = codec.quantizer.encode_correcting(f, self.config.self_correction, generator, codec.grids)
-        item.tokens = HybridTokens(labels.indices, labels.residual if tokens.residual is not None else None,
-                                   labels.grids)
-        item.inputs = inputs
+    def _make_errors(self, items: list[Item], generator: torch.Generator | None) -> None:
+        """Self-correction: re-encode written items' latents with errors made on the way (see
+        `MultiScaleResidualQuantizer.encode_correcting`): their tokens become the correcting targets,
+        their inputs the erroneous codes. Without a residual the discrete latent is re-encoded. Items of
+        one modality (and residual or not) are re-encoded as one batch, in the order given."""
+        groups: dict[tuple[str, bool], list[Item]] = {}
+        for item in items:
+            groups.setdefault((item.modality, item.tokens.residual is not None), []).append(item)
+        for (modality, with_residual), group in groups.items():
+            codec = self.codecs[modality]
+            tokens = HybridTokens.concat([it.tokens for it in group]).to(self.device)
+            f = codec.fhat(tokens, with_residual=with_residual)
+            labels, inputs = codec.quantizer.encode_correcting(f, self.config.self_correction, generator,
+                                                               codec.grids)
+            if not with_residual:
+                labels = HybridTokens(labels.indices, None, labels.grids)
+            sizes = [it.tokens.batch_size for it in group]
+            starts = [0, *itertools.accumulate(sizes)]
+            for it, part, a in zip(group, labels.split(sizes), starts, strict=False):
+                it.tokens = part
+                it.inputs = [codes[a : a + part.batch_size] for codes in inputs]
 
     # -- embeddings and losses -----------------------------------------------------------------
     # Every forward pass calls the same modules in the same order, whatever the batch holds (a

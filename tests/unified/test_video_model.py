@@ -68,3 +68,26 @@ def test_a_tiny_model_learns_to_continue_a_moving_object():
                for a, b in zip(w.indices, t.indices, strict=True))
     total = sum(int(b[-1].numel()) for t in tokens for b in t.indices)
     assert hits / total >= 0.9, f"continuation token accuracy {hits / total:.3f}"
+
+
+def test_self_correction_on_clips_keeps_each_frame_latent():
+    """Self-correction re-encodes every written clip's frames in one batch: each item gets back its own frames
+    (one row per frame), with erroneous inputs that, plus the correcting residual, still sum to that frame's latent."""
+    model = debug_model({"video": VideoCodec(debug_image_codec(0))}, seed=0, caption_dropout=0.0)
+    model.config.self_correction = 0.5
+    codec = model.codecs["video"]
+    clips = [moving_square(0, 2), moving_square(5, 9, colour=(40, 40, 230))[:3]]  # 4 and 3 frames
+    tokens = codec.encode_items(clips)
+    examples = [Example("t2v", t, "a square moving right", modality="video") for t in tokens]
+    batch = model.training_batch(examples, torch.Generator().manual_seed(0))
+    written = [it.item for it in batch.items if it.item.loss]
+    assert [it.tokens.batch_size for it in written] == [4, 3]
+    for item, clean in zip(written, tokens, strict=True):
+        assert all(codes.shape[0] == clean.batch_size for codes in item.inputs)
+        from_inputs = codec.fhat(type(clean)(item.inputs, item.tokens.residual, item.tokens.grids))
+        torch.testing.assert_close(from_inputs, codec.fhat(clean), rtol=0, atol=1e-5)
+    errors = sum(int((a != b).sum()) for it in written for a, b in zip(it.inputs[:-1], it.tokens.indices[:-1],
+                                                                         strict=True))
+    assert errors > 0
+    losses = model(batch, torch.Generator().manual_seed(1))
+    assert torch.isfinite(losses["loss"])
