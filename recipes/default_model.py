@@ -7,7 +7,7 @@ Stages (each skipped when its output already exists, so an interrupted run conti
 1. data: Shapes World training scenes and the real scikit-learn digits as webdataset shards;
 2. tokenizer: `recipes/configs/shapes_tokenizer.yaml` (the HART tokenizer, 32x32 -> 8x8 latent, 6 scales);
 3. unified: `recipes/configs/shapes_unified.yaml` (text-to-image, captioning and QA on one backbone);
-4. self-correction: 1,500 more steps of stage 3 from its result with `model.self_correction=0.2` (a written
+4. self-correction: 3,000 more steps of stage 3 from its result with `model.self_correction=0.2` (a written
    image's earlier scales read with 20% of their codes wrong, the later scales trained to correct them;
    clean training first, then this, is what measured better than either alone) -> corrected/final;
 5. eval: `recipes.eval.evaluate` on held-out prompts and images -> eval.json.
@@ -30,7 +30,7 @@ INSTALL_DIR = Path(__file__).resolve().parent / "pretrained" / "shapes"
 
 
 # the self-correction stage: the unified stage's data and config, continued from its model with errors drawn in
-SELF_CORRECTION = ["output_dir=corrected", "steps=1500", "lr=1.0e-3", "seed=1", "model.self_correction=0.2",
+SELF_CORRECTION = ["output_dir=corrected", "steps=3000", "lr=1.0e-3", "seed=1", "model.self_correction=0.2",
                    "model.init_from=unified/final", "model.codec=unified/final/codecs/image",
                    "model.text_tokenizer=unified/final/text_tokenizer"]
 
