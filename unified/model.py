@@ -13,7 +13,6 @@ pattern.py, the templates templates.py, generation generation.py, the item losse
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -185,10 +184,9 @@ class UnifiedModel(GenerationMixin, nn.Module):
             if not with_residual:
                 labels = HybridTokens(labels.indices, None, labels.grids)
             sizes = [it.tokens.batch_size for it in group]
-            starts = [0, *itertools.accumulate(sizes)]
-            for it, part, a in zip(group, labels.split(sizes), starts, strict=False):
-                it.tokens = part
-                it.inputs = [codes[a : a + part.batch_size] for codes in inputs]
+            read = HybridTokens(inputs, None, labels.grids).split(sizes)
+            for it, part, codes in zip(group, labels.split(sizes), read, strict=True):
+                it.tokens, it.inputs = part, codes.indices
 
     # -- embeddings and losses -----------------------------------------------------------------
     # Every forward pass calls the same modules in the same order, whatever the batch holds (a

@@ -4,6 +4,7 @@ image codec; the backbone, the layout rule and the scale loop are the image ones
 import pytest
 import torch
 
+from hart_core.quantizer import HybridTokens
 from modalities import VideoCodec, debug_image_codec
 from unified import Example
 from unified.debug import debug_model, fit
@@ -84,7 +85,7 @@ def test_self_correction_on_clips_keeps_each_frame_latent():
     assert [it.tokens.batch_size for it in written] == [4, 3]
     for item, clean in zip(written, tokens, strict=True):
         assert all(codes.shape[0] == clean.batch_size for codes in item.inputs)
-        from_inputs = codec.fhat(type(clean)(item.inputs, item.tokens.residual, item.tokens.grids))
+        from_inputs = codec.fhat(HybridTokens(item.inputs, item.tokens.residual, item.tokens.grids))
         torch.testing.assert_close(from_inputs, codec.fhat(clean), rtol=0, atol=1e-5)
     errors = sum(int((a != b).sum()) for it in written for a, b in zip(it.inputs[:-1], it.tokens.indices[:-1],
                                                                          strict=True))
