@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -175,7 +176,9 @@ class TokenizerTask:
     """
 
     name = "tokenizer"
-    modalities = ("image",)
+    # a video sample trains on its frames (`video_frames` of them), so a video codec gets a frame tokenizer
+    # made for its clips: one trained on still scenes reconstructs objects where stills never put them badly
+    modalities = ("image", "video")
 
     def __init__(self, cfg: TrainConfig, artifacts: Path):
         if cfg.zero_stage == 3:
@@ -208,7 +211,7 @@ class TokenizerTask:
 
     def loss(self, model: HARTTokenizer, samples: list[dict], generator: torch.Generator):
         # the codec's own conversion (size checks, uint8 -> [-1, 1]), so training sees what encode sees
-        images = ImageCodec(model).preprocess([s["image"] for s in samples])
+        images = ImageCodec(model).preprocess(frames_of(samples))
         continuous = bool(torch.rand((), generator=generator, device=generator.device) < 0.5)
         out = model.loss(images.to(next(model.parameters()).dtype), continuous=continuous)
         self.count_codes(out["indices"], model.config.vocab_size)
@@ -258,6 +261,19 @@ class TokenizerTask:
         """An image codec folder (codec.json + tokenizer/), usable as the unified recipe's codec."""
         model = model.float().eval()
         ImageCodec.from_hart_tokenizer(model).save_pretrained(folder)
+
+
+def frames_of(samples: list[dict]) -> torch.Tensor:
+    """uint8 [N, H, W, 3]: each sample's image, or every frame of its video."""
+    out = []
+    for s in samples:
+        if s.get("image") is not None:
+            out.append(torch.from_numpy(np.array(s["image"].convert("RGB"))).unsqueeze(0))
+        elif s.get("video") is not None:
+            out.append(torch.as_tensor(s["video"]))
+        else:
+            raise ValueError(f"sample {s.get('key')} holds neither an image nor a video")
+    return torch.cat(out)
 
 
 def make_task(cfg: TrainConfig, artifacts: Path):
