@@ -26,10 +26,11 @@ from tqdm import tqdm
 
 @torch.no_grad()
 def scale_errors(model, n: int = 200, split: str = "train", batch_size: int = 50, cfg: float | None = None,
-                 top_k: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+                 top_k: int | None = None, seed: int = 0, progress: bool = True, use_residual: bool = True) -> dict:
     """{"rows": [{"given_scales": S, "overall": ..., "overall_1": ..., "overall_2": ...}, ...],
     "attributes": {"1": {"colour": ..., "shape": ..., "position": ..., "count": ..., "size": ...}, "2": ...}
-    (S = 0, by object count; size over the prompts that name one), "settings"}."""
+    (S = 0, by object count; size over the prompts that name one), "settings"}. use_residual=False decodes the
+    codes alone: at S = K, whether the residual head's output helps or harms a scene whose codes are right."""
     from recipes.data.shapes import ShapesWorld, parse_caption
     from recipes.eval.detector import detect, score
     from recipes.eval.evaluate import split_start
@@ -48,7 +49,8 @@ def scale_errors(model, n: int = 200, split: str = "train", batch_size: int = 50
         truth = codec.encode([s["image"] for s in chunk]).indices
         prompts = [s["caption"] for s in chunk]
         for given in range(K + 1):
-            images = model.generate_image(prompts, cfg=cfg, top_k=top_k, seed=seed + b0, prefix=truth[:given])
+            images = model.generate_image(prompts, cfg=cfg, top_k=top_k, seed=seed + b0, prefix=truth[:given],
+                                         use_residual=use_residual)
             for i, (p, im) in enumerate(zip(prompts, images.cpu(), strict=True)):
                 result = score(parse_caption(p), detect(im))
                 scores[given, b0 + i] = result["overall"]
@@ -69,6 +71,7 @@ def scale_errors(model, n: int = 200, split: str = "train", batch_size: int = 50
         sized = [a["size"] for a in group if a["size"] is not None]
         by_count[str(k)]["size"] = float(np.mean(sized)) if sized else None
     return {"rows": rows, "attributes": by_count, "settings": {"n": n, "split": split, "seed": seed,
+                                       "use_residual": use_residual,
                                        "cfg": model.config.head("image").default_cfg if cfg is None else cfg,
                                        "top_k": model.config.head("image").default_top_k if top_k is None else top_k,
                                        "objects": {int(k): int((counts == k).sum()) for k in set(counts.tolist())}}}
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's default_cfg)")
     parser.add_argument("--top-k", type=int, default=None, help="default: the model's default_top_k")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-residual", action="store_true",
+                        help="decode the codes alone (no residual diffusion head)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="write the result as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -112,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:
         return 2
     result = scale_errors(model, n=args.n, split=args.split, batch_size=args.batch_size, cfg=args.cfg,
-                          top_k=args.top_k, seed=args.seed, progress=not args.quiet)
+                          top_k=args.top_k, seed=args.seed, progress=not args.quiet,
+                          use_residual=not args.no_residual)
     print(table(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

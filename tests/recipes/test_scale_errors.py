@@ -32,3 +32,24 @@ def test_given_scales_raise_adherence_of_the_shipped_model():
 def test_cli_bad_folder(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_without_residual_every_code_given_is_the_codes_own_decode():
+    """--no-residual at S = K scores exactly the discrete-only reconstruction of the same scenes: the model
+    adds nothing once every code is given and the residual head is off."""
+    import numpy as np
+
+    from recipes.data.shapes import ShapesWorld, parse_caption
+    from recipes.eval.detector import detect, score
+    from recipes.eval.evaluate import split_start
+    from unified import UnifiedModel
+
+    model = UnifiedModel.from_pretrained(SHIPPED).eval()
+    result = scale_errors(model, n=12, batch_size=12, progress=False, use_residual=False)
+    assert result["settings"]["use_residual"] is False
+    codec = model.codecs["image"]
+    samples = [ShapesWorld(seed=0, image_size=32).sample(split_start("train") + i, "train") for i in range(12)]
+    images = codec.decode(codec.encode([s["image"] for s in samples]), with_residual=False)
+    want = np.mean([score(parse_caption(s["caption"]), detect(im))["overall"]
+                    for s, im in zip(samples, images, strict=True)])
+    assert abs(result["rows"][-1]["overall"] - want) < 1e-9
