@@ -117,9 +117,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="held-out combinations (default) or fresh training-split scenes (never in the shards)")
     parser.add_argument("--world", choices=("shapes", "moving"), default="shapes",
                         help="Shapes World scenes (default) or Moving Shapes clips, judged frame by frame")
-    parser.add_argument("--frames", type=int, default=4, help="frames per clip with --world moving (default 4)")
+    parser.add_argument("--frames", type=int, default=4,
+                        help="frames per clip with --world moving, 2 to 8, taken evenly from 8 (default 4)")
     parser.add_argument("--out", help="write the report as JSON here")
     args = parser.parse_args(argv)
+    if not 2 <= args.frames <= 8:  # direction needs two frames; a Moving Shapes clip has eight
+        parser.error(f"--frames must be 2 to 8, got {args.frames}")
     from modalities import load_codec
 
     try:

@@ -40,6 +40,20 @@ def write_shape_shards(folder, n_shards: int = 2, per_shard: int = 8, corrupt: b
     return str(folder / f"shard-{{000..{n_shards - 1:03d}}}.tar")
 
 
+def write_moving_shards(folder, n: int) -> str:
+    """Moving Shapes mp4 shards (n clips in one shard) plus a second shard holding a truncated clip that
+    the training data path must skip and count; returns the two shards' pattern."""
+    import webdataset as wds
+
+    from recipes.data.moving_shapes import MovingShapesWorld
+
+    MovingShapesWorld(seed=0, image_size=32, num_frames=8).write_shards(folder, "train", n=n, per_shard=n)
+    good = (folder / "moving-train-000.tar").read_bytes()
+    with wds.TarWriter(str(folder / "moving-train-001.tar"), mtime=0.0) as sink:
+        sink.write({"__key__": "broken-clip", "mp4": good[2000:6000], "txt": "a red circle moving up"})
+    return f"{folder}/moving-train-{{000..001}}.tar"
+
+
 @pytest.fixture(scope="session")
 def shape_shards(tmp_path_factory):
     return write_shape_shards(tmp_path_factory.mktemp("shapes"))

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from .conftest import write_moving_shards
+
 pytest.importorskip("decord")
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "video_debug.yaml"
@@ -16,22 +18,14 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "video_de
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    import webdataset as wds
-
-    from recipes.data.moving_shapes import MovingShapesWorld
-
     root = tmp_path_factory.mktemp("video")
-    world = MovingShapesWorld(seed=0, image_size=32, num_frames=8)
-    world.write_shards(root / "data", "train", n=15, per_shard=15)
-    good = (root / "data" / "moving-train-000.tar").read_bytes()
-    with wds.TarWriter(str(root / "data" / "moving-train-001.tar"), mtime=0.0) as sink:
-        sink.write({"__key__": "broken-clip", "mp4": good[2000:6000], "txt": "a red circle moving up"})
+    data = write_moving_shards(root / "data", n=15)
     out = root / "run"
     env = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     import os
 
     proc = subprocess.run([sys.executable, "-m", "recipes.train", str(RECIPE),
-                           f"data={root / 'data'}/moving-train-{{000..001}}.tar", f"output_dir={out}", "steps=4",
+                           f"data={data}", f"output_dir={out}", "steps=4",
                            "save_every=4"], env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, proc

@@ -15,6 +15,8 @@ from PIL import Image
 from recipes.eval.reconstruction import clip_reconstruction_report, main
 from recipes.tasks import frames_of
 
+from .conftest import write_moving_shards
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,6 +54,13 @@ def test_clip_report_finds_a_lossless_codec_perfect():
     assert report["n"] == 6 and report["frames"] == 4
 
 
+@pytest.mark.parametrize("frames", ["1", "9"])
+def test_cli_refuses_frame_counts_a_clip_cannot_give(frames, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["unused-codec", "--world", "moving", "--frames", frames])
+    assert e.value.code == 2 and "--frames must be 2 to 8" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not (ROOT / "recipes" / "pretrained" / "moving_shapes").is_dir(), reason="no shipped model")
 def test_cli_reports_a_shipped_video_codec(tmp_path, capsys):
     codec = ROOT / "recipes" / "pretrained" / "moving_shapes" / "codecs" / "video"
@@ -66,21 +75,15 @@ def test_the_tokenizer_recipe_trains_on_mp4_clips(tmp_path):
     """The moving-shapes tokenizer config on a tiny mp4 shard (and a broken clip, skipped and counted)
     exports an image codec that codes the clips' frames."""
     pytest.importorskip("decord")
-    import webdataset as wds
-
     from modalities import load_codec
     from recipes.data.moving_shapes import MovingShapesWorld
 
-    world = MovingShapesWorld(seed=0, image_size=32, num_frames=8)
-    world.write_shards(tmp_path / "data", "train", n=12, per_shard=12)
-    good = (tmp_path / "data" / "moving-train-000.tar").read_bytes()
-    with wds.TarWriter(str(tmp_path / "data" / "moving-train-001.tar"), mtime=0.0) as sink:
-        sink.write({"__key__": "broken-clip", "mp4": good[2000:6000], "txt": "a red circle moving up"})
+    data = write_moving_shards(tmp_path / "data", n=12)
     out = tmp_path / "tok"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     config = ROOT / "recipes" / "configs" / "moving_shapes_tokenizer.yaml"
     proc = subprocess.run([sys.executable, "-m", "recipes.train", str(config),
-                           f"data={tmp_path / 'data'}/moving-train-{{000..001}}.tar", f"output_dir={out}",
+                           f"data={data}", f"output_dir={out}",
                            "steps=3", "save_every=3", "global_batch=4", "micro_batch=4"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -88,5 +91,5 @@ def test_the_tokenizer_recipe_trains_on_mp4_clips(tmp_path):
     assert len(rows) == 3 and all(np.isfinite(r["recon"]) for r in rows)
     assert rows[-1]["bad_samples"] >= 1
     codec = load_codec(out / "final")
-    frames = world.sample(0)["frames"][:4]
+    frames = MovingShapesWorld(seed=0, image_size=32, num_frames=8).sample(0)["frames"][:4]
     assert codec.decode(codec.encode(frames)).shape == (4, 3, 32, 32)
