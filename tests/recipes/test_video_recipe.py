@@ -119,7 +119,7 @@ def test_the_shipped_video_model_loads_and_runs():
 
     folder = Path(__file__).resolve().parents[2] / "recipes" / "pretrained" / "moving_shapes"
     model = UnifiedModel.from_pretrained(folder)
-    assert set(model.codecs) == {"video"} and model.config.head("video").default_cfg == 2.5
+    assert set(model.codecs) == {"video"} and model.config.head("video").default_cfg == 1.0
     clips = model.generate(["a red circle moving right"], modality="video", segments=2, seed=0)
     assert clips.shape == (1, 2, 3, 32, 32) and torch.isfinite(clips).all()
     assert isinstance(model.describe([(clips[0] * 255).byte().permute(0, 2, 3, 1)], modality="video")[0], str)
