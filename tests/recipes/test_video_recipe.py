@@ -2,6 +2,7 @@
 corrupt clip skipped and counted), the exported model, the moving_shapes evaluation suite and the CLI."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,6 @@ def trained(tmp_path_factory):
     data = write_moving_shards(root / "data", n=15)
     out = root / "run"
     env = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    import os
-
     proc = subprocess.run([sys.executable, "-m", "recipes.train", str(RECIPE),
                            f"data={data}", f"output_dir={out}", "steps=4",
                            "save_every=4"], env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
