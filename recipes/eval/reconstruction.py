@@ -61,7 +61,9 @@ def clip_reconstruction_report(codec, n: int = 100, split: str = "heldout", fram
     from recipes.eval.motion import judge_clip, track_error
 
     image_codec = getattr(codec, "image", codec)  # a video codec codes its frames with an image codec
-    world = MovingShapesWorld(seed=0, image_size=image_codec.image_size[0])
+    from recipes.eval.video_suite import CLIP_FRAMES
+
+    world = MovingShapesWorld(seed=0, image_size=image_codec.image_size[0], num_frames=CLIP_FRAMES)
     keep = sample_indices(world.num_frames, 8.0, frames)
     start = split_start(split)
     clips = []
@@ -117,12 +119,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="held-out combinations (default) or fresh training-split scenes (never in the shards)")
     parser.add_argument("--world", choices=("shapes", "moving"), default="shapes",
                         help="Shapes World scenes (default) or Moving Shapes clips, judged frame by frame")
-    parser.add_argument("--frames", type=int, default=4,
-                        help="frames per clip with --world moving, 2 to 8, taken evenly from 8 (default 4)")
+    from recipes.eval.video_suite import CLIP_FRAMES
+
+    parser.add_argument("--frames", type=int, default=4, help=f"frames per clip with --world moving, 2 to "
+                        f"{CLIP_FRAMES}, taken evenly from the clip's {CLIP_FRAMES} (default 4)")
     parser.add_argument("--out", help="write the report as JSON here")
     args = parser.parse_args(argv)
-    if not 2 <= args.frames <= 8:  # direction needs two frames; a Moving Shapes clip has eight
-        parser.error(f"--frames must be 2 to 8, got {args.frames}")
+    if not 2 <= args.frames <= CLIP_FRAMES:  # direction needs two frames
+        parser.error(f"--frames must be 2 to {CLIP_FRAMES}, got {args.frames}")
     from modalities import load_codec
 
     try:
